@@ -1,0 +1,90 @@
+"""Per-request evaluation of an edit, both teacher-forced and generation-based.
+
+Metric names carry their protocol:
+  tf_*   teacher-forced token accuracy (EasyEdit's rewrite_acc / rephrase_acc / locality / portability)
+  gen_*  greedy generation cut at the first newline or sentence end (not at the target length);
+         a hit when the normalised answer is the target or starts with it at a word boundary
+  fluency  n-gram entropy of the greedy continuation of the edit prompt
+Locality compares the edited model with the unedited one (not with the dataset's answer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..requests import EditRequest
+from . import metrics as M
+from .scoring import generate, teacher_forced
+
+METRIC_DOCS = {
+    "tf_reliability": "teacher-forced token accuracy of target_new after the edit prompt",
+    "tf_generalization": "teacher-forced token accuracy of target_new after each rephrase (mean)",
+    "tf_locality": "fraction of locality-answer argmax tokens unchanged by the edit (pre vs post)",
+    "tf_portability": "teacher-forced token accuracy of each portability answer (mean)",
+    "gen_reliability": "greedy generation from the edit prompt, cut at natural stop, normalised answer is / starts with target_new",
+    "gen_generalization": "as gen_reliability, for each rephrase (mean)",
+    "gen_locality": "greedy answer to each locality prompt unchanged by the edit (normalised, mean)",
+    "gen_portability": "greedy answer to each portability prompt matches its answer (mean)",
+    "fluency": "bigram/trigram entropy of the greedy continuation of the edit prompt",
+}
+
+
+@dataclass
+class EvalConfig:
+    generation: bool = True  # also run the generation-based metrics
+    max_new_tokens: int = 24
+    batch_size: int = 32
+
+
+def observe(model, tok, requests: Sequence[EditRequest], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Everything the metrics need from one model state, for every request, in batched calls."""
+    tf_queries: list[tuple[int, str, int, str, str]] = []  # (request, kind, index, prompt, target)
+    gen_queries: list[tuple[int, str, int, str]] = []
+    for i, r in enumerate(requests):
+        tf_queries.append((i, "rewrite", 0, r.prompt, r.target_new))
+        gen_queries.append((i, "rewrite", 0, r.prompt))
+        for j, p in enumerate(r.rephrase_prompts):
+            tf_queries.append((i, "rephrase", j, p, r.target_new))
+            gen_queries.append((i, "rephrase", j, p))
+        for kind, pairs in (("locality", r.locality), ("portability", r.portability)):
+            for j, pa in enumerate(pairs):
+                tf_queries.append((i, kind, j, pa.prompt, pa.answer))
+                gen_queries.append((i, kind, j, pa.prompt))
+    obs: list[dict[str, Any]] = [{"tf": {}, "gen": {}} for _ in requests]
+    scores = teacher_forced(model, tok, [q[3] for q in tf_queries], [q[4] for q in tf_queries], cfg.batch_size)
+    for (i, kind, j, _, _), s in zip(tf_queries, scores):
+        obs[i]["tf"].setdefault(kind, []).append({"pred": s.pred_ids, "target": s.target_ids, "nll": s.nll})
+    if cfg.generation:
+        texts = generate(model, tok, [q[3] for q in gen_queries], cfg.max_new_tokens, cfg.batch_size)
+        for (i, kind, j, _), t in zip(gen_queries, texts):
+            obs[i]["gen"].setdefault(kind, []).append(t)
+    return obs
+
+
+def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """Metrics for one request from its observation; `reference` is the unedited model's (for locality)."""
+    tf, gen = obs["tf"], obs["gen"]
+    out: dict[str, float | None] = {
+        "tf_reliability": M.token_accuracy(tf["rewrite"][0]["pred"], tf["rewrite"][0]["target"]),
+        "tf_generalization": M.mean([M.token_accuracy(x["pred"], x["target"]) for x in tf.get("rephrase", [])]),
+        "tf_portability": M.mean([M.token_accuracy(x["pred"], x["target"]) for x in tf.get("portability", [])]),
+    }
+    if reference is not None and request.locality:
+        out["tf_locality"] = M.mean([M.agreement(a["pred"], b["pred"])
+                                     for a, b in zip(reference["tf"]["locality"], tf["locality"])])
+    if gen:
+        out["gen_reliability"] = M.answer_match(gen["rewrite"][0], request.target_new)
+        out["gen_generalization"] = M.mean([M.answer_match(g, request.target_new) for g in gen.get("rephrase", [])])
+        out["gen_portability"] = M.mean([M.answer_match(g, pa.answer) for g, pa in
+                                         zip(gen.get("portability", []), request.portability)])
+        if reference is not None and request.locality and reference["gen"]:
+            out["gen_locality"] = M.mean([
+                float(M.normalize_answer(M.truncate_at_stop(a)) == M.normalize_answer(M.truncate_at_stop(b)))
+                for a, b in zip(reference["gen"]["locality"], gen["locality"])])
+        out["fluency"] = M.fluency(request.prompt + gen["rewrite"][0])
+    return out
+
+
+def summarize(rows: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: M.mean([r.get(k) for r in rows]) for k in keys}

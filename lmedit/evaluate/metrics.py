@@ -1,0 +1,90 @@
+"""Metrics as pure functions over tokens, logits and strings. No model in here."""
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from typing import Sequence
+
+import torch
+
+
+def token_accuracy(pred_ids: Sequence[int] | torch.Tensor, target_ids: Sequence[int] | torch.Tensor) -> float:
+    """Teacher-forced accuracy: fraction of target positions whose argmax equals the target token."""
+    pred, tgt = torch.as_tensor(pred_ids), torch.as_tensor(target_ids)
+    if pred.shape != tgt.shape or tgt.numel() == 0:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(tgt.shape)} must be equal, non-empty")
+    return (pred == tgt).float().mean().item()
+
+
+def argmax_at_targets(logits: torch.Tensor, n_prompt: int, n_target: int) -> torch.Tensor:
+    """Argmax tokens at the positions that predict the target (logits: (T, V) of prompt+target)."""
+    return logits[n_prompt - 1: n_prompt - 1 + n_target].argmax(-1)
+
+
+def agreement(pre_ids: Sequence[int] | torch.Tensor, post_ids: Sequence[int] | torch.Tensor) -> float:
+    """EasyEdit locality: fraction of positions whose argmax token is unchanged by the edit."""
+    return token_accuracy(post_ids, pre_ids)
+
+
+def mean_nll(logits: torch.Tensor, n_prompt: int, target_ids: Sequence[int]) -> float:
+    """Mean negative log-likelihood of the target tokens (CounterFact compares these)."""
+    tgt = torch.as_tensor(target_ids)
+    logp = torch.log_softmax(logits[n_prompt - 1: n_prompt - 1 + len(tgt)].float(), -1)
+    return -logp.gather(-1, tgt.unsqueeze(-1)).mean().item()
+
+
+# --- generation-based ------------------------------------------------------------------------
+
+_STOP = re.compile(r"\n|\.(?=\s|$)")
+
+
+def truncate_at_stop(text: str) -> str:
+    """The answer part of a free generation: up to the first newline or sentence-ending period."""
+    m = _STOP.search(text)
+    return text[: m.start()] if m else text
+
+
+def normalize_answer(s: str) -> str:
+    """Lower-case, drop punctuation and articles, squeeze whitespace (SQuAD-style)."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(generated: str, target: str) -> float:
+    """1.0 if the generation, cut at its natural stop, equals the target after normalisation."""
+    return float(normalize_answer(truncate_at_stop(generated)) == normalize_answer(target))
+
+
+def answer_match(generated: str, target: str) -> float:
+    """1.0 if the answer (generation cut at its natural stop, normalised) is the target or starts
+    with it at a word boundary: " Rome, Italy." matches "Rome"; " Romania" and " Paris" do not."""
+    answer, tgt = normalize_answer(truncate_at_stop(generated)), normalize_answer(target)
+    if not tgt:
+        return 0.0
+    return float(answer == tgt or answer.startswith(tgt + " "))
+
+
+# --- fluency ---------------------------------------------------------------------------------
+
+def ngram_entropy(text: str, n: int) -> float:
+    """Entropy (bits) of the n-gram distribution of the words of `text`; 0 if there are none."""
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    if total == 0:
+        return 0.0
+    return -sum(c / total * math.log2(c / total) for c in grams.values())
+
+
+def fluency(text: str) -> float:
+    """ROME's generation entropy: weighted mean of bigram (2/3) and trigram (4/3) entropies."""
+    return (2 / 3 * ngram_entropy(text, 2) + 4 / 3 * ngram_entropy(text, 3)) / 2
+
+
+def mean(xs: Sequence[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
