@@ -16,7 +16,13 @@ def models_dir() -> Path:
 
 
 def stats_dir() -> Path:
-    return lmedit_home() / "stats"
+    """Cached second-moment statistics: $LMEDIT_STATS_DIR, else $LMEDIT_HOME/stats.
+
+    The separate variable lets statistics go elsewhere (a scratch disk, a test's temporary folder)
+    while models are still read from the usual cache.
+    """
+    env = os.environ.get("LMEDIT_STATS_DIR")
+    return Path(env).expanduser() if env else lmedit_home() / "stats"
 
 
 def shared_data_dir() -> Path:

@@ -54,7 +54,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_neox": ArchSpec(
         layers="gpt_neox.layers", mlp="mlp", mlp_in=("mlp.dense_h_to_4h",), mlp_out="mlp.dense_4h_to_h",
         attn="attention", attn_out="attention.dense", embed="gpt_neox.embed_in",
-        final_norm="gpt_neox.final_layer_norm", unembed="embed_out",
+        final_norm="gpt_neox.final_layer_norm", unembed="lm_head",
     ),
 }
 

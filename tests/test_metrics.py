@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from lmedit.evaluate import metrics as M
+from lmedit.evaluate.evaluator import summarize
+
+
+def onehot_logits(token_ids, vocab=10, scale=5.0):
+    out = torch.zeros(len(token_ids), vocab)
+    out[torch.arange(len(token_ids)), torch.tensor(token_ids)] = scale
+    return out
+
+
+def test_token_accuracy_counts_matching_positions():
+    assert M.token_accuracy([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
+    assert M.token_accuracy([5], [5]) == 1.0
+
+
+def test_token_accuracy_rejects_shape_mismatch_and_empty():
+    with pytest.raises(ValueError):
+        M.token_accuracy([1, 2], [1])
+    with pytest.raises(ValueError):
+        M.token_accuracy([], [])
+
+
+def test_argmax_at_targets_reads_the_positions_before_each_target_token():
+    # sequence = 3 prompt tokens + 2 target tokens; logits at positions 2 and 3 predict the targets
+    logits = onehot_logits([9, 9, 7, 8, 9])
+    assert M.argmax_at_targets(logits, n_prompt=3, n_target=2).tolist() == [7, 8]
+
+
+def test_agreement_is_locality_against_the_unedited_model():
+    assert M.agreement([1, 2, 3], [1, 2, 3]) == 1.0
+    assert M.agreement([1, 2, 3, 4], [1, 0, 3, 0]) == 0.5
+
+
+def test_mean_nll_of_a_certain_target_is_near_zero_and_uniform_is_log_v():
+    logits = onehot_logits([0, 4, 6], scale=50.0)
+    assert M.mean_nll(logits, n_prompt=2, target_ids=[4, 6]) < 1e-6
+    uniform = torch.zeros(3, 10)
+    assert M.mean_nll(uniform, n_prompt=1, target_ids=[3, 3]) == pytest.approx(math.log(10))
+
+
+def test_truncate_at_natural_stop_not_at_target_length():
+    assert M.truncate_at_stop(" Rome, Italy. It is old") == " Rome, Italy"
+    assert M.truncate_at_stop(" Paris\nNext line") == " Paris"
+    assert M.truncate_at_stop(" Washington, D.C. is big") == " Washington, D.C"
+    assert M.truncate_at_stop(" no stop at all") == " no stop at all"
+
+
+def test_normalize_answer_and_matches():
+    assert M.normalize_answer("  The  Rome!") == "rome"
+    assert M.exact_match(" rome.", "Rome") == 1.0
+    assert M.exact_match(" Rome, Italy.", "Rome") == 0.0
+    assert M.answer_match(" Rome, Italy.", "Rome") == 1.0
+    assert M.answer_match(" Romania.", "Rome") == 0.0
+    assert M.answer_match(" Paris, France.", "Rome") == 0.0
+    assert M.answer_match(" New York City", "New York") == 1.0
+
+
+def test_ngram_entropy_and_fluency():
+    assert M.ngram_entropy("a a a a a", 2) == 0.0  # one distinct bigram
+    assert M.ngram_entropy("a b c d", 2) == pytest.approx(math.log2(3))  # three distinct bigrams
+    repetitive = M.fluency("the cat the cat the cat the cat the cat")
+    varied = M.fluency("the quick brown fox jumps over the lazy dog near a river bank")
+    assert varied > repetitive
+    assert M.fluency("") == 0.0
+
+
+def test_summarize_ignores_missing_values():
+    rows = [{"a": 1.0, "b": None}, {"a": 0.0, "b": 0.5}]
+    assert summarize(rows) == {"a": 0.5, "b": 0.5}
