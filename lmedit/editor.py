@@ -52,6 +52,27 @@ class Editor:
     def __init__(self, model, tok):
         self.model, self.tok = model, tok
         self.adapter = ModelAdapter(model)
+        # one instance per method for the editor's life: methods may keep state across calls
+        # (e.g. AlphaEdit's keys of earlier edits)
+        self._methods: dict[str, EditMethod] = {}
+
+    def method(self, name: str) -> EditMethod:
+        m = get_method(name)
+        return self._methods.setdefault(m.name, m)
+
+    def prepare(self, requests, method: str, hparams=None, mode: str = "sequential"):
+        """Validate everything before the model is touched; returns (method, hparams, requests)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+        m = self.method(method)
+        hp = self.resolve_hparams(m, hparams)
+        reqs = self._requests(requests)
+        if m.needs_subject:
+            for r in reqs:
+                r.require_subject(m.name)
+        if mode == "batch" and not m.supports_batch and len(reqs) > 1:
+            raise InvalidRequest(f"method {m.name!r} edits one request at a time; use mode='sequential'")
+        return m, hp, reqs
 
     # --- validation: everything is checked before the model is touched --------------------
     def _requests(self, requests) -> list[EditRequest]:
@@ -85,22 +106,12 @@ class Editor:
 
     def edit(self, requests, method: str = "ft-m", hparams=None, mode: str = "sequential",
              evaluate: bool = True, eval_config: EvalConfig | None = None) -> EditResult:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-        m = get_method(method)
-        hp = self.resolve_hparams(m, hparams)
-        reqs = self._requests(requests)
-        if m.needs_subject:
-            for r in reqs:
-                r.require_subject(m.name)
-        if mode == "batch" and not m.supports_batch and len(reqs) > 1:
-            raise InvalidRequest(f"method {m.name!r} edits one request at a time; use mode='sequential'")
+        m, hp, reqs = self.prepare(requests, method, hparams, mode)
         cfg = eval_config or EvalConfig()
 
         pre = observe(self.model, self.tok, reqs, cfg) if evaluate else None
         handle = CompositeHandle()
         post: list[dict[str, Any] | None] = [None] * len(reqs)
-        t0 = time.perf_counter()
         edit_seconds = 0.0
         try:
             if mode == "batch":

@@ -72,3 +72,22 @@ def test_ngram_entropy_and_fluency():
 def test_summarize_ignores_missing_values():
     rows = [{"a": 1.0, "b": None}, {"a": 0.0, "b": 0.5}]
     assert summarize(rows) == {"a": 0.5, "b": 0.5}
+
+
+def test_counterfact_comparisons_and_harmonic_mean():
+    assert M.prefers(0.5, 1.0) == 1.0 and M.prefers(1.0, 0.5) == 0.0
+    assert M.prob_gap(0.0, math.log(2)) == pytest.approx(0.5)
+    assert M.harmonic_mean([1.0, 1.0, 1.0]) == 1.0
+    assert M.harmonic_mean([0.5, 1.0]) == pytest.approx(2 / 3)
+    assert M.harmonic_mean([0.0, 1.0]) == 0.0
+
+
+def test_counterfact_scores_from_observations():
+    from lmedit.evaluate.evaluator import counterfact_scores
+
+    tf = {"rewrite": [{"nll": 0.1}], "rewrite_true": [{"nll": 2.0}],
+          "rephrase": [{"nll": 3.0}, {"nll": 0.2}], "rephrase_true": [{"nll": 1.0}, {"nll": 1.0}],
+          "locality": [{"nll": 0.3}], "locality_new": [{"nll": 0.1}]}
+    s = counterfact_scores(tf)
+    assert s["cf_es"] == 1.0 and s["cf_ps"] == 0.5 and s["cf_ns"] == 0.0
+    assert s["cf_em"] == pytest.approx(math.exp(-0.1) - math.exp(-2.0))

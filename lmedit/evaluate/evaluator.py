@@ -26,6 +26,13 @@ METRIC_DOCS = {
     "gen_locality": "greedy answer to each locality prompt unchanged by the edit (normalised, mean)",
     "gen_portability": "greedy answer to each portability prompt matches its answer (mean)",
     "fluency": "bigram/trigram entropy of the greedy continuation of the edit prompt",
+    "cf_es": "CounterFact efficacy: P(target_new) > P(target_true) after the edit prompt (mean-token NLL)",
+    "cf_ps": "CounterFact paraphrase: the same on each rephrase (mean)",
+    "cf_ns": "CounterFact neighbourhood: P(locality answer) > P(target_new) on each locality prompt (mean)",
+    "cf_em": "efficacy magnitude: P(target_new) - P(target_true), P = exp(-mean token NLL)",
+    "cf_pm": "paraphrase magnitude (mean over rephrases)",
+    "cf_nm": "neighbourhood magnitude: P(locality answer) - P(target_new) (mean)",
+    "cf_score": "harmonic mean of cf_es, cf_ps, cf_ns (summary only)",
 }
 
 
@@ -34,6 +41,7 @@ class EvalConfig:
     generation: bool = True  # also run the generation-based metrics
     max_new_tokens: int = 24
     batch_size: int = 32
+    counterfact: bool = True  # also score target_true for CounterFact ES/PS/NS when a request has one
 
 
 def observe(model, tok, requests: Sequence[EditRequest], cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -50,6 +58,10 @@ def observe(model, tok, requests: Sequence[EditRequest], cfg: EvalConfig) -> lis
             for j, pa in enumerate(pairs):
                 tf_queries.append((i, kind, j, pa.prompt, pa.answer))
                 gen_queries.append((i, kind, j, pa.prompt))
+        if cfg.counterfact and r.target_true:
+            tf_queries.append((i, "rewrite_true", 0, r.prompt, r.target_true))
+            tf_queries += [(i, "rephrase_true", j, p, r.target_true) for j, p in enumerate(r.rephrase_prompts)]
+            tf_queries += [(i, "locality_new", j, pa.prompt, r.target_new) for j, pa in enumerate(r.locality)]
     obs: list[dict[str, Any]] = [{"tf": {}, "gen": {}} for _ in requests]
     scores = teacher_forced(model, tok, [q[3] for q in tf_queries], [q[4] for q in tf_queries], cfg.batch_size)
     for (i, kind, j, _, _), s in zip(tf_queries, scores):
@@ -72,6 +84,8 @@ def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] |
     if reference is not None and request.locality:
         out["tf_locality"] = M.mean([M.agreement(a["pred"], b["pred"])
                                      for a, b in zip(reference["tf"]["locality"], tf["locality"])])
+    if "rewrite_true" in tf:
+        out.update(counterfact_scores(tf))
     if gen:
         out["gen_reliability"] = M.answer_match(gen["rewrite"][0], request.target_new)
         out["gen_generalization"] = M.mean([M.answer_match(g, request.target_new) for g in gen.get("rephrase", [])])
@@ -85,6 +99,27 @@ def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] |
     return out
 
 
+def counterfact_scores(tf: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:
+    """ROME/MEMIT-style scores from mean-token NLLs of target_new vs target_true."""
+    def pairs(new_kind, true_kind):
+        return [(a["nll"], b["nll"]) for a, b in zip(tf.get(new_kind, []), tf.get(true_kind, []))]
+
+    rew = pairs("rewrite", "rewrite_true")
+    reph = pairs("rephrase", "rephrase_true")
+    neigh = pairs("locality", "locality_new")  # (answer nll, target_new nll)
+    return {
+        "cf_es": M.mean([M.prefers(n, t) for n, t in rew]),
+        "cf_ps": M.mean([M.prefers(n, t) for n, t in reph]),
+        "cf_ns": M.mean([M.prefers(a, n) for a, n in neigh]),
+        "cf_em": M.mean([M.prob_gap(n, t) for n, t in rew]),
+        "cf_pm": M.mean([M.prob_gap(n, t) for n, t in reph]),
+        "cf_nm": M.mean([M.prob_gap(a, n) for a, n in neigh]),
+    }
+
+
 def summarize(rows: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    return {k: M.mean([r.get(k) for r in rows]) for k in keys}
+    out = {k: M.mean([r.get(k) for r in rows]) for k in keys}
+    if all(out.get(k) is not None for k in ("cf_es", "cf_ps", "cf_ns")):
+        out["cf_score"] = M.harmonic_mean([out["cf_es"], out["cf_ps"], out["cf_ns"]])
+    return out

@@ -35,6 +35,22 @@ def mean_nll(logits: torch.Tensor, n_prompt: int, target_ids: Sequence[int]) -> 
     return -logp.gather(-1, tgt.unsqueeze(-1)).mean().item()
 
 
+def prefers(nll_a: float, nll_b: float) -> float:
+    """1.0 if completion a is more likely than b (lower mean-token NLL): CounterFact's ES/PS/NS test."""
+    return float(nll_a < nll_b)
+
+
+def prob_gap(nll_a: float, nll_b: float) -> float:
+    """P(a) - P(b) with P = exp(-mean token NLL): CounterFact's magnitude scores."""
+    return math.exp(-nll_a) - math.exp(-nll_b)
+
+
+def harmonic_mean(xs: Sequence[float]) -> float:
+    if any(x <= 0 for x in xs):
+        return 0.0
+    return len(xs) / sum(1 / x for x in xs)
+
+
 # --- generation-based ------------------------------------------------------------------------
 
 _STOP = re.compile(r"\n|\.(?=\s|$)")

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..tokens import batch_prompt_targets, context_length
+from ..tokens import batch_prompt_targets, context_length, encode_prompt, encode_target
 
 
 @dataclass
@@ -57,3 +57,84 @@ def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 24, batch
     finally:
         tok.padding_side = old_side
     return texts
+
+
+@dataclass
+class LLScore:
+    """Log-likelihood of one target after its prompt: summed log-prob of the target tokens and their count."""
+    logprob: float
+    n_tokens: int
+    greedy: bool  # every target token is the argmax continuation
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / self.n_tokens
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def loglikelihood(model, tok, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> list[LLScore]:
+    """Summed log-probability of each target after its prompt (tokenised as in tokens.py, like teacher_forced).
+
+    Pairs whose prompt + target minus its last token are the same token sequence share one forward row (the
+    answer options " A".." D" or " yes"/" no" after one prompt cost one row, not one per option). Rows are
+    sorted by length, right-padded, batch_size rows per forward, and results come back in input order. Only the
+    logits at positions that predict target tokens are computed when the model takes `logits_to_keep`.
+    """
+    device = next(model.parameters()).device
+    slice_ok = _accepts_logits_to_keep(model)
+    max_len = context_length(model)
+    rows: dict[tuple[int, ...], int] = {}  # token sequence -> row number
+    row_plen: list[int] = []
+    pair_row, pair_tids = [], []
+    for p, t in zip(prompts, targets, strict=True):
+        pi, ti = encode_prompt(tok, p), encode_target(tok, p, t)
+        seq = tuple(pi + ti[:-1])
+        if max_len is not None and len(seq) + 1 > max_len:
+            raise ValueError(f"prompt + target is {len(seq) + 1} tokens, longer than the model context ({max_len}): {p!r}")
+        key = seq + (-len(pi),)  # the prompt length is part of the key (it fixes where the target starts)
+        if key not in rows:
+            rows[key] = len(rows)
+            row_plen.append(len(pi))
+        pair_row.append(rows[key])
+        pair_tids.append(ti)
+    seqs = [list(k[:-1]) for k in rows]
+    users: list[list[int]] = [[] for _ in seqs]
+    for j, r in enumerate(pair_row):
+        users[r].append(j)
+    out: list[LLScore | None] = [None] * len(pair_row)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    order = sorted(range(len(seqs)), key=lambda r: -len(seqs[r]))
+    for i in range(0, len(order), batch_size):
+        chunk = order[i:i + batch_size]
+        width = max(len(seqs[r]) for r in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        att = torch.zeros((len(chunk), width), dtype=torch.long)
+        for b, r in enumerate(chunk):
+            ids[b, :len(seqs[r])] = torch.tensor(seqs[r])
+            att[b, :len(seqs[r])] = 1
+        lo = min(row_plen[r] for r in chunk) - 1  # the logit at position t predicts token t+1
+        hi = width  # the last token of a row predicts its final target token
+        kwargs = {"input_ids": ids.to(device), "attention_mask": att.to(device), "use_cache": False}
+        if slice_ok:
+            kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
+        logits = model(**kwargs).logits
+        if not slice_ok:
+            logits = logits[:, lo:hi]
+        logp = torch.log_softmax(logits.float(), -1)
+        for b, r in enumerate(chunk):
+            start = row_plen[r] - 1 - lo
+            for j in users[r]:
+                tids = torch.tensor(pair_tids[j], device=device)
+                here = logp[b, start:start + len(tids)]
+                lp = here.gather(-1, tids.unsqueeze(-1)).squeeze(-1)
+                out[j] = LLScore(lp.sum().item(), len(tids), bool((here.argmax(-1) == tids).all()))
+    return out  # type: ignore[return-value]

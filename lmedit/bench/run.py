@@ -1,0 +1,296 @@
+"""Run a benchmark: a method over a dataset slice under one protocol, streaming results to disk.
+
+Run directory:
+    config.json        the RunConfig, resolved hparams, dataset facts, package versions
+    cases.jsonl        one line per finished case (cases.w<k>.jsonl per worker when sharded)
+    checkpoints.jsonl  sequential: metrics over the edits made so far, at each checkpoint
+    general.jsonl      general-ability scores before editing and at each checkpoint
+    state/             sequential: the edited weights at the last checkpoint (for --resume)
+    summary.json, report.md, plots/*.png   written at the end (see report.py)
+
+Every line is appended and flushed as soon as it is known, so a run killed half-way loses at
+most the case (or the stretch since the last checkpoint) it was working on; `resume=True`
+skips what is already on disk.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm import tqdm
+
+from ..evaluate.evaluator import EvalConfig, observe, score
+from ..methods.base import CompositeHandle, WeightEdit
+from .config import RunConfig, environment
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    pass
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (killed mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: ignoring an incomplete line (interrupted write)", path)
+    return rows
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def case_rows(run_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for f in sorted(run_dir.glob("cases*.jsonl")):
+        rows += read_jsonl(f)
+    return sorted(rows, key=lambda r: r["index"])
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+def load_cases(cfg: RunConfig):
+    from ..data import load_dataset
+
+    limit = None if cfg.n is None else cfg.start + cfg.n
+    loaded = load_dataset(cfg.dataset, path=cfg.data_path, limit=limit, skip_invalid=cfg.skip_invalid)
+    reqs = list(loaded)[cfg.start:]
+    if not reqs:
+        raise RunError(f"dataset {cfg.dataset} has no cases in the slice start={cfg.start}, n={cfg.n}")
+    return reqs, {"path": str(loaded.path), "skipped": len(loaded.skipped), "cases": len(reqs)}
+
+
+def prepare_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    cfg_file = run_dir / "config.json"
+    if cfg_file.is_file():
+        if not resume:
+            raise RunError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another directory")
+        saved = RunConfig.from_dict(json.loads(cfg_file.read_text())["config"])
+        diff = cfg.same_run(saved)
+        if diff:
+            raise RunError(f"cannot resume {run_dir}: settings differ from the saved run: {diff}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _eval_cfg(cfg: RunConfig) -> EvalConfig:
+    return EvalConfig(generation=cfg.generation, max_new_tokens=cfg.max_new_tokens)
+
+
+def _row(index: int, req, pre_obs, post_obs, seconds: float) -> dict[str, Any]:
+    return {"index": index, "case_id": req.case_id, "prompt": req.prompt, "target_new": req.target_new,
+            "pre": score(req, pre_obs), "post": score(req, post_obs, reference=pre_obs),
+            "generations": {"pre": pre_obs["gen"], "post": post_obs["gen"]}, "edit_seconds": round(seconds, 4)}
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# --- protocols --------------------------------------------------------------------------------
+
+def run_independent(cfg: RunConfig, editor, reqs, out: Path, todo: list[int]) -> None:
+    """single / batch: every batch of B cases is edited on the original model, scored, undone."""
+    m, hp, _ = editor.prepare(reqs[:1], cfg.method, cfg.hparams_file or cfg.hparams)
+    size = 1 if cfg.protocol == "single" else cfg.batch_size
+    ecfg = _eval_cfg(cfg)
+    bar = tqdm(total=len(todo), desc=f"{cfg.method} {cfg.protocol}", disable=not cfg.progress)
+    for chunk in _chunks(todo, size):
+        batch = [reqs[i] for i in chunk]
+        pre = observe(editor.model, editor.tok, batch, ecfg)
+        t = time.perf_counter()
+        handle = m.apply(editor.model, editor.tok, editor.adapter, batch, hp)
+        seconds = time.perf_counter() - t
+        try:
+            post = observe(editor.model, editor.tok, batch, ecfg)
+        finally:
+            handle.restore()
+        for i, r, a, b in zip(chunk, batch, pre, post):
+            append_jsonl(out, _row(i, r, a, b, seconds / len(batch)))
+        bar.update(len(chunk))
+    bar.close()
+
+
+def _save_state(run_dir: Path, handle: CompositeHandle, method, edits_done: int) -> None:
+    """The edited weights (and any method state) after `edits_done` edits, written atomically."""
+    from safetensors.torch import save_file
+
+    params: dict[str, torch.Tensor] = {}
+    for h in handle.handles:
+        if not isinstance(h, WeightEdit):
+            raise RunError(f"{method.name}: sequential resume needs weight edits or a method state_dict")
+        params.update({n: p.detach().cpu().contiguous() for n, p in h.params.items()})
+    state = run_dir / "state"
+    tmp = run_dir / "state.tmp"
+    tmp.mkdir(exist_ok=True)
+    save_file(params, str(tmp / "weights.safetensors"))
+    if hasattr(method, "state_dict"):
+        torch.save(method.state_dict(), tmp / "method.pt")
+    (tmp / "state.json").write_text(json.dumps({"edits_done": edits_done}))
+    if state.exists():
+        old = run_dir / "state.old"
+        os.replace(state, old)
+        os.replace(tmp, state)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(tmp, state)
+
+
+def _load_state(run_dir: Path, model, method) -> int:
+    from safetensors.torch import load_file
+
+    state = run_dir / "state"
+    if not (state / "state.json").is_file():
+        return 0
+    weights = load_file(str(state / "weights.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    if (state / "method.pt").is_file() and hasattr(method, "load_state_dict"):
+        method.load_state_dict(torch.load(state / "method.pt"))
+    return json.loads((state / "state.json").read_text())["edits_done"]
+
+
+def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None:
+    """Edits accumulate; every case is scored after the last edit, and all edits so far at checkpoints."""
+    m, hp, _ = editor.prepare(reqs[:1], cfg.method, cfg.hparams_file or cfg.hparams)
+    ecfg = _eval_cfg(cfg)
+    pre_file = run_dir / "pre.jsonl"
+    pre = {r["index"]: r["obs"] for r in read_jsonl(pre_file)}
+    missing = [i for i in range(len(reqs)) if i not in pre]
+    for chunk in _chunks(missing, 32):  # the unedited model's view of every case, once
+        for i, o in zip(chunk, observe(editor.model, editor.tok, [reqs[i] for i in chunk], ecfg)):
+            pre[i] = o
+            append_jsonl(pre_file, {"index": i, "obs": o})
+    done = _load_state(run_dir, editor.model, m)
+    if done:
+        log.info("resuming after %d edits", done)
+    total = len(reqs)
+    checkpoints = [c for c in cfg.checkpoints if c < total] + [total]
+    handle = CompositeHandle()
+    bar = tqdm(total=total, initial=done, desc=f"{cfg.method} sequential", disable=not cfg.progress)
+    seconds = 0.0
+    while done < total:
+        nxt = min(c for c in checkpoints if c > done)
+        while done < nxt:
+            batch = reqs[done:min(done + cfg.batch_size, nxt)]
+            t = time.perf_counter()
+            handle.append(m.apply(editor.model, editor.tok, editor.adapter, batch, hp))
+            seconds += time.perf_counter() - t
+            done += len(batch)
+            bar.update(len(batch))
+        edited = list(range(done))
+        post = observe(editor.model, editor.tok, [reqs[i] for i in edited], ecfg)
+        rows = [score(reqs[i], o, reference=pre[i]) for i, o in zip(edited, post)]
+        from ..evaluate.evaluator import summarize
+
+        append_jsonl(run_dir / "checkpoints.jsonl", {"edits": done, "summary": summarize(rows),
+                                                      "edit_seconds": round(seconds, 3)})
+        if general is not None:
+            append_jsonl(run_dir / "general.jsonl", {"edits": done, "results": general()})
+        if done == total:
+            for i, o in zip(edited, post):
+                append_jsonl(run_dir / "cases.jsonl", _row(i, reqs[i], pre[i], o, seconds / total))
+        else:
+            _save_state(run_dir, handle, m, done)
+    bar.close()
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def _shard_main(cfg_dict: dict, run_dir: str, shard: int, n_shards: int) -> int:
+    """One worker: loads its own model and runs every n_shards-th pending case."""
+    cfg = RunConfig.from_dict(cfg_dict)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_shards))
+    editor, reqs, _ = _setup(cfg)
+    run_dir = Path(run_dir)
+    done = {r["index"] for r in case_rows(run_dir)}
+    todo = [i for i in range(len(reqs)) if i % n_shards == shard and i not in done]
+    run_independent(cfg, editor, reqs, run_dir / f"cases.w{shard}.jsonl", todo)
+    return len(todo)
+
+
+def _setup(cfg: RunConfig):
+    from ..editor import Editor
+    from ..models import load_model
+
+    _seed(cfg.seed)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    reqs, info = load_cases(cfg)
+    return Editor(model, tok), reqs, info
+
+
+def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) a benchmark and write its report; returns the summary."""
+    from .report import write_report
+
+    run_dir = Path(run_dir)
+    prepare_dir(cfg, run_dir, resume)
+    editor, reqs, info = _setup(cfg)
+    method, hp, _ = editor.prepare(reqs[:1], cfg.method, cfg.hparams_file or cfg.hparams)
+    for r in reqs:  # every case is validated before any edit
+        editor.prepare([r], cfg.method, hp)
+    if not (run_dir / "config.json").is_file():
+        write_json_atomic(run_dir / "config.json", {
+            "config": cfg.to_dict(), "hparams": hp.to_dict(), "dataset": info, "environment": environment(),
+            "model_type": editor.adapter.model_type, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    general = None
+    if cfg.general_tasks:
+        from ..general import evaluate_general
+
+        def general():
+            return evaluate_general(editor.model, editor.tok, tasks=cfg.general_tasks, n=cfg.general_n, seed=cfg.seed)
+
+        if not any(r["edits"] == 0 for r in read_jsonl(run_dir / "general.jsonl")):
+            append_jsonl(run_dir / "general.jsonl", {"edits": 0, "results": general()})
+
+    if cfg.protocol == "sequential":
+        if not (run_dir / "cases.jsonl").is_file():
+            run_sequential(cfg, editor, reqs, run_dir, general)
+    else:
+        done = {r["index"] for r in case_rows(run_dir)}
+        todo = [i for i in range(len(reqs)) if i not in done]
+        if todo and cfg.ray:
+            from .distributed import run_ray
+            run_ray(cfg, run_dir)
+        elif todo and cfg.workers > 1:
+            from .distributed import run_processes
+            run_processes(cfg, run_dir)
+        elif todo:
+            run_independent(cfg, editor, reqs, run_dir / "cases.jsonl", todo)
+        if general is not None and not any(r["edits"] > 0 for r in read_jsonl(run_dir / "general.jsonl")):
+            log.info("general ability after independent edits is not defined (the model is restored each time)")
+    return write_report(run_dir)

@@ -1,0 +1,105 @@
+"""Benchmark runs on the real small model: protocols, resume after a kill, malformed input, compare."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmedit.bench import RunConfig, RunError, compare, run
+from lmedit.bench.run import case_rows, read_jsonl
+
+pytestmark = pytest.mark.slow
+FAST = {"num_steps": 3}
+
+
+def cfg(**kw):
+    base = dict(method="ft-m", dataset="counterfact-edit", n=3, hparams=FAST, generation=False, progress=False)
+    return RunConfig(**{**base, **kw})
+
+
+def test_single_protocol_writes_cases_summary_report_and_plot(tmp_path):
+    s = run(cfg(), tmp_path / "r")
+    assert s["complete"] and s["cases_done"] == 3
+    assert {"tf_reliability", "cf_es", "cf_ns", "tf_locality"} <= set(s["post"])
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["config"]["protocol"] == "single" and saved["environment"]["torch"].startswith("2.13")
+    assert saved["hparams"]["num_steps"] == 3
+    assert (tmp_path / "r" / "plots" / "scores.png").stat().st_size > 1000
+    assert "tf_reliability" in (tmp_path / "r" / "report.md").read_text()
+    with pytest.raises(RunError, match="already holds a run"):
+        run(cfg(), tmp_path / "r")
+    with pytest.raises(RunError, match="settings differ"):
+        run(cfg(n=4), tmp_path / "r", resume=True)
+
+
+def test_batch_protocol_and_compare(tmp_path):
+    s = run(cfg(protocol="batch", batch_size=2), tmp_path / "b")
+    assert s["cases_done"] == 3
+    rows = compare([tmp_path / "b", tmp_path / "b"])
+    assert rows[0][0] == "metric" and any(r[0] == "tf_reliability" for r in rows)
+
+
+def test_sequential_interrupted_then_resumed_loses_nothing(tmp_path, monkeypatch):
+    from lmedit.methods import ft
+
+    c = cfg(protocol="sequential", n=4, checkpoints=[2], general_tasks=[])
+    calls = {"n": 0}
+    original = ft._FineTune.execute
+
+    def crash_on_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(ft._FineTune, "execute", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(c, tmp_path / "s")
+    assert [r["edits"] for r in read_jsonl(tmp_path / "s" / "checkpoints.jsonl")] == [2]
+    assert json.loads((tmp_path / "s" / "state" / "state.json").read_text())["edits_done"] == 2
+    s = run(c, tmp_path / "s", resume=True)
+    assert calls["n"] == 5  # edits 3 and 4 only: the first two came back from the saved state
+    assert s["complete"] and [r["edits"] for r in s["checkpoints"]] == [2, 4]
+    assert [r["index"] for r in case_rows(tmp_path / "s")] == [0, 1, 2, 3]
+
+
+def test_killed_process_resumes_from_its_last_case(tmp_path):
+    out = tmp_path / "k"
+    args = [sys.executable, "-m", "lmedit.cli", "bench", "run", "--out", str(out), "--method", "ft-m",
+            "--dataset", "counterfact-edit", "--n", "6", "--set", "num_steps=2", "--no-generation"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(read_jsonl(out / "cases.jsonl")) < 2:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = read_jsonl(out / "cases.jsonl")
+    assert 2 <= len(before) < 6
+    r = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = case_rows(out)
+    assert [x["index"] for x in rows] == list(range(6))  # none lost, none duplicated
+    assert rows[: len(before)] == before
+
+
+def test_malformed_dataset_names_file_and_record(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "a", "target_new": "b", "subject": "a"}, {"prompt": "a", "target_new": ""}]))
+    from lmedit.data import DatasetError
+
+    with pytest.raises(DatasetError, match="record 1"):
+        run(cfg(data_path=str(bad)), tmp_path / "m")
+    s = run(cfg(data_path=str(bad), skip_invalid=True), tmp_path / "m2")
+    assert s["cases_done"] == 1 and s["dataset"]["skipped"] == 1
+
+
+def test_run_config_validation():
+    with pytest.raises(ValueError, match="protocol"):
+        RunConfig(protocol="parallel")
+    with pytest.raises(ValueError, match="sharded"):
+        RunConfig(protocol="sequential", workers=2)
