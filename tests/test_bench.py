@@ -103,3 +103,20 @@ def test_run_config_validation():
         RunConfig(protocol="parallel")
     with pytest.raises(ValueError, match="sharded"):
         RunConfig(protocol="sequential", workers=2)
+
+
+def test_workers_shard_cases_over_processes(tmp_path):
+    s = run(cfg(n=4, workers=2), tmp_path / "w")
+    assert s["complete"]
+    assert sorted(p.name for p in (tmp_path / "w").glob("cases*.jsonl")) == ["cases.w0.jsonl", "cases.w1.jsonl"]
+    assert [r["index"] for r in case_rows(tmp_path / "w")] == [0, 1, 2, 3]
+
+
+def test_ray_shards_on_a_local_ray_instance(tmp_path):
+    ray = pytest.importorskip("ray")  # installed by `make test` (the [ray] extra)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        s = run(cfg(n=2, workers=2, ray="auto"), tmp_path / "ray")
+    finally:
+        ray.shutdown()
+    assert s["complete"] and [r["index"] for r in case_rows(tmp_path / "ray")] == [0, 1]
