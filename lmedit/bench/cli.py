@@ -99,3 +99,33 @@ def compare_cmd(run_dirs: List[Path], as_json: bool = typer.Option(False, "--jso
     for r in rows[1:]:
         t.add_row(*r)
     console.print(t)
+
+
+@bench_app.command("speed")
+def speed_cmd(
+    model: str = typer.Option("smollm2-135m", help="packaged model, folder, or a shape: gpt2-xl | llama3-8b | tiny-llama"),
+    methods: str = typer.Option("rome,memit,alphaedit"),
+    batch_sizes: str = typer.Option("1,10,100", help="batch sizes for batched methods"),
+    rome_edits: int = typer.Option(5, help="single edits timed for one-at-a-time methods"),
+    device: str = "cpu",
+    dtype: str = "float32",
+    stats_tokens: Optional[int] = typer.Option(None, help="override mom2_n_tokens"),
+    set_: List[str] = typer.Option([], "--set", help="hparam override key=value (repeatable)"),
+    output: Optional[Path] = typer.Option(None, help="write the rows as JSON here"),
+):
+    """Seconds per edit and peak memory, e.g.
+
+    lmedit bench speed --model smollm2-135m --methods rome,memit,alphaedit --batch-sizes 1,10,100
+
+    lmedit bench speed --model gpt2-xl --device cuda --methods memit --batch-sizes 1000
+    """
+    import yaml
+
+    from .speed import markdown, measure
+
+    overrides = {k.strip(): yaml.safe_load(v) for k, v in (s.split("=", 1) for s in set_)}
+    rows = measure(model, [m for m in methods.split(",") if m], _ints(batch_sizes), rome_edits, device, dtype,
+                   stats_tokens, overrides)
+    if output:
+        output.write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+    console.print(markdown(rows))

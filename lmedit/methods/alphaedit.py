@@ -1,0 +1,104 @@
+"""AlphaEdit (Fang et al. 2025, "AlphaEdit: Null-Space Constrained Knowledge Editing", ICLR).
+
+MEMIT's multi-layer loop with the update projected onto the null space of the preserved keys:
+  P_l = U Uᵀ, U = eigenvectors of C_l = E[kkᵀ] with eigenvalue < `nullspace_threshold`
+        (times the largest eigenvalue when `nullspace_relative`); computed once per (model, layer,
+        statistics, threshold) and cached in memory;
+  ΔW_l = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + αI)⁻¹        (closed_form.alphaedit_update)
+where K_p are the keys (at layer l) of the earlier edits still applied to this model. That state
+lives at class level, keyed weakly by the model (the registry builds a new method object per
+call): each applied edit records its keys under an id, and its handle (`AlphaEditHandle`, a
+WeightEdit) removes them again when the edit is restored, so a restored edit no longer constrains
+later ones.
+"""
+from __future__ import annotations
+
+import itertools
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from . import locate
+from .base import WeightEdit
+from .closed_form import alphaedit_update, nullspace_projector
+from .memit import MEMITHparams, _MultiLayer
+from .registry import register
+
+
+@dataclass
+class AlphaEditHparams(MEMITHparams):
+    nullspace_threshold: float = field(default=1e-2, metadata={"help": "eigenvalues of E[kkᵀ] below this span the null space"})
+    nullspace_relative: bool = field(default=False, metadata={"help": "threshold is relative to the largest eigenvalue"})
+    l2: float = field(default=1.0, metadata={"help": "α: ridge on ΔW (the paper's + I)"})
+
+    def validate(self):
+        super().validate()
+        self.check(self.nullspace_threshold > 0, "nullspace_threshold must be > 0")
+        self.check(self.l2 > 0, "l2 must be > 0")
+
+
+class _AlphaState:
+    """Per model: cached projectors and the keys of the edits currently applied."""
+
+    def __init__(self):
+        self.projectors: dict[tuple, torch.Tensor] = {}
+        self.keys: dict[int, dict[int, torch.Tensor]] = {}  # edit id -> layer -> (d_in, n) float32 CPU
+
+    def previous_keys(self, layer: int) -> torch.Tensor | None:
+        ks = [k[layer] for k in self.keys.values() if layer in k]
+        return torch.cat(ks, dim=1) if ks else None
+
+
+_STATES: "weakref.WeakKeyDictionary[torch.nn.Module, _AlphaState]" = weakref.WeakKeyDictionary()
+_IDS = itertools.count()
+
+
+def alphaedit_state(model) -> _AlphaState:
+    return _STATES.setdefault(model, _AlphaState())
+
+
+class AlphaEditHandle(WeightEdit):
+    """A WeightEdit that also forgets the edit's keys when restored."""
+
+    def __init__(self, base: WeightEdit, state: _AlphaState, edit_id: int):
+        self.__dict__.update(base.__dict__)
+        self._state, self.edit_id = state, edit_id
+
+    def restore(self) -> None:
+        super().restore()
+        self._state.keys.pop(self.edit_id, None)
+
+
+@register
+class AlphaEdit(_MultiLayer):
+    name = "alphaedit"
+    hparams_cls = AlphaEditHparams
+
+    def begin(self, model, adapter, layers, hp, moments):
+        state = alphaedit_state(model)
+        proj = {}
+        for l in layers:
+            key = (l, hp.mom2_n_tokens, str(hp.mom2_corpus), hp.nullspace_threshold, hp.nullspace_relative)
+            if key not in state.projectors:
+                state.projectors[key] = nullspace_projector(moments[l], hp.nullspace_threshold,
+                                                            hp.nullspace_relative).float()
+            proj[l] = state.projectors[key]
+        return {"state": state, "P": proj, "new_keys": {}}
+
+    def layer_update(self, model, adapter, layer, K, R, C, hp, ctx):
+        P = ctx["P"][layer].to(K.device)
+        Kp = ctx["state"].previous_keys(layer)
+        return alphaedit_update(K, R, P, None if Kp is None else Kp.to(K.device), alpha=hp.l2, dtype=hp.dtype)
+
+    def after_layer(self, ctx, layer, K):
+        ctx["new_keys"][layer] = K.detach().float().cpu()
+        self._ctx = ctx
+
+    def apply(self, model, tok, adapter, requests, hp):
+        self._ctx = None
+        handle = super().apply(model, tok, adapter, requests, hp)
+        edit_id = next(_IDS)
+        state = alphaedit_state(model)
+        state.keys[edit_id] = dict(self._ctx["new_keys"]) if self._ctx else {}
+        return AlphaEditHandle(handle, state, edit_id)

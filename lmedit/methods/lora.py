@@ -1,0 +1,165 @@
+"""LoRA editing, MELO-style (Yu et al. 2024): every edit gets its *own* named peft LoRA adapter.
+
+Each `apply` (one request, or one batch of requests) trains a fresh adapter `edit-<n>` on the MLP
+projections of `layers` with teacher-forced cross-entropy on the target tokens (prompt masked),
+while the adapters of earlier edits stay active and frozen. All adapters are active at inference,
+so sequential edits accumulate.
+
+The first edit wraps the model with `peft.get_peft_model` (peft injects LoRA layers into the
+model object in place, so the caller's model runs them); later edits `add_adapter`. Restoring an
+edit deletes its adapter (`delete_adapter`) and re-activates the others; restoring the last one
+`unload()`s peft, which puts the original Linear modules back: the module tree, the state_dict
+(bit-identical: base weights are never written) and every `requires_grad` flag are as before.
+
+Not implemented: MELO's router (a database of edit-prompt keys that activates only the matching
+adapter cluster per input). Without it every adapter is always active, so locality is that of
+plain LoRA fine-tuning.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..hparams import HParams
+from ..requests import EditRequest
+from ._memory import model_device, request_batch, target_nll
+from .base import EditFailed, EditHandle, EditMethod
+from .registry import register
+
+
+@dataclass
+class LoraHparams(HParams):
+    layers: list[int] = field(default_factory=lambda: [12, 13, 14, 15], metadata={"help": "layers whose MLP projections get LoRA"})
+    targets: str = field(default="mlp_out", metadata={"help": "'mlp_out' (output projection) or 'mlp' (input and output projections)"})
+    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (scale = alpha / r)"})
+    lr: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
+    num_steps: int = field(default=30, metadata={"help": "optimisation steps per edit"})
+    stop_loss: float = field(default=0.02, metadata={"help": "stop early once the mean target NLL is below this"})
+    seed: int = field(default=0, metadata={"help": "seed for the LoRA A-matrix initialisation"})
+
+    def validate(self):
+        self.check(len(self.layers) > 0, "layers must list at least one layer")
+        self.check(self.targets in ("mlp_out", "mlp"), "targets must be 'mlp_out' or 'mlp'")
+        self.check(self.rank >= 1, "rank must be >= 1")
+        self.check(self.alpha > 0, "alpha must be > 0")
+        self.check(self.lr > 0, "lr must be > 0")
+        self.check(self.num_steps >= 1, "num_steps must be >= 1")
+
+
+class _Session:
+    """peft state of one model while it carries at least one edit adapter."""
+
+    def __init__(self, model: nn.Module, peft_model, flags: dict[str, bool]):
+        self.model, self.peft_model, self.flags = model, peft_model, flags
+        self.adapters: list[str] = []
+
+    def activate_all(self) -> None:
+        self.peft_model.base_model.set_adapter(list(self.adapters))
+        self.reset_grad_flags()
+
+    def reset_grad_flags(self) -> None:
+        """Base parameters get their own flags back; adapter parameters are frozen."""
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self.flags.get(n, False))
+
+
+class LoraHandle(EditHandle):
+    def __init__(self, method: "Lora", session: _Session, name: str):
+        self.method, self.session, self.name = method, session, name
+        self.restored = False
+
+    def restore(self) -> None:
+        if not self.restored:
+            self.method.remove(self.session, self.name)
+            self.restored = True
+
+
+@register
+class Lora(EditMethod):
+    name = "lora"
+    hparams_cls = LoraHparams
+    edits_weights = False
+
+    def __init__(self):
+        self._sessions: dict[int, _Session] = {}
+        self._names = itertools.count()
+
+    def target_modules(self, adapter, hp: LoraHparams) -> list[str]:
+        paths = []
+        for layer in hp.layers:
+            if hp.targets == "mlp":
+                paths += adapter.mlp_in_paths(layer)
+            paths.append(adapter.mlp_out_path(layer))
+        return list(dict.fromkeys(paths))
+
+    def _config(self, adapter, hp: LoraHparams):
+        from peft import LoraConfig
+
+        return LoraConfig(r=hp.rank, lora_alpha=hp.alpha, lora_dropout=0.0, bias="none",
+                          target_modules=self.target_modules(adapter, hp), init_lora_weights=True)
+
+    def _add(self, model, adapter, hp: LoraHparams) -> tuple[_Session, str]:
+        from peft import get_peft_model
+
+        name = f"edit-{next(self._names)}"
+        session = self._sessions.get(id(model))
+        with torch.random.fork_rng(devices=[]):  # seeded LoRA init without touching the global RNG
+            torch.manual_seed(hp.seed)
+            if session is None:
+                flags = {n: p.requires_grad for n, p in model.named_parameters()}
+                peft_model = get_peft_model(model, self._config(adapter, hp), adapter_name=name)
+                session = self._sessions[id(model)] = _Session(model, peft_model, flags)
+            else:
+                session.peft_model.add_adapter(name, self._config(adapter, hp))
+        session.adapters.append(name)
+        session.activate_all()
+        return session, name
+
+    def remove(self, session: _Session, name: str) -> None:
+        if name not in session.adapters:
+            return
+        if len(session.adapters) == 1:
+            session.peft_model.unload()  # puts the original modules back, drops peft_config
+            session.adapters.clear()
+            session.reset_grad_flags()
+            self._sessions.pop(id(session.model), None)
+            return
+        session.peft_model.delete_adapter(name)
+        session.adapters.remove(name)
+        session.activate_all()
+
+    def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: LoraHparams) -> LoraHandle:
+        session, name = self._add(model, adapter, hp)
+        handle = LoraHandle(self, session, name)
+        try:
+            params = [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+            if not params:
+                raise EditFailed(f"lora: no LoRA parameters were created for {self.target_modules(adapter, hp)}")
+            batch = request_batch(tok, requests, model_device(model))
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=hp.lr)
+            for _ in range(hp.num_steps):
+                opt.zero_grad()
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                loss = target_nll(logits, batch).mean()
+                if loss.item() < hp.stop_loss:
+                    break
+                loss.backward()
+                opt.step()
+            for p in params:
+                p.grad = None
+            if not all(torch.isfinite(p).all() for p in params):
+                raise EditFailed("lora produced non-finite adapter weights; the model was restored")
+            session.reset_grad_flags()
+        except BaseException:
+            handle.restore()
+            raise
+        return handle

@@ -1,0 +1,93 @@
+"""MEMIT (Meng et al. 2023): many facts at once, spread over several layers.
+
+For requests i and edit layers l_0 < … < l_{n-1} = L:
+  1. target: δ_i added to mlp_out(L)'s output (= the residual stream after block L) at the subject's
+     last token, optimised for all requests in one batch (`locate.optimise_targets`), with
+     ‖δ_i‖ ≤ clamp·‖h_i‖ where h_i is the residual after block L; z_i = h_i + δ_i.
+  2. for each layer l_j in order, on the model as updated so far:
+       K   = keys at l_j (averaged over the contexts), one column per request
+       R   = spread_residual(z − h_L(current), j, n) = (z − h_L) / (n − j)
+       ΔW  = R Kᵀ (λC + K Kᵀ)⁻¹              (closed_form.memit_update, C = E[kkᵀ], λ = mom2_weight)
+       W_l += ΔW
+`_MultiLayer` carries this loop; PMET, EMMET and AlphaEdit change its target sites, spread rule or
+closed-form update.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import locate
+from .base import WeightEditingMethod
+from .closed_form import memit_update, spread_residual
+from .registry import register
+
+
+@dataclass
+class MEMITHparams(locate.LocateHparams):
+    layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7], metadata={"help": "edited layers; targets are optimised at the last"})
+    clamp_norm_factor: float = field(default=0.75, metadata={"help": "‖δ‖ is clamped to this times ‖h‖ (the residual)"})
+    v_steps: int = field(default=25, metadata={"help": "optimisation steps of the target deltas"})
+    v_weight_decay: float = field(default=0.5, metadata={"help": "weight of ‖δ‖²/‖h‖² in the target loss"})
+    mom2_weight: float = field(default=15000.0, metadata={"help": "λ: weight of the preserved-key second moment C"})
+
+    def validate(self):
+        super().validate()
+        self.check(self.mom2_weight >= 0, "mom2_weight must be >= 0")
+
+
+class _MultiLayer(WeightEditingMethod):
+    """The MEMIT loop; subclasses override `sites`, `residual_path`, `spread_rule`, `layer_update`."""
+    needs_subject = True
+    supports_batch = True
+    spread_rule = "linear"
+
+    def params_to_edit(self, adapter, hp):
+        return [adapter.param_name(adapter.mlp_out_path(l)) for l in locate.sorted_layers(adapter, hp.layers)]
+
+    def sites(self, adapter, last: int) -> list[locate.Site]:
+        return [locate.Site(adapter.mlp_out_path(last), norm_ref="residual", block=adapter.block_path(last))]
+
+    def residual_path(self, adapter, last: int) -> str:
+        """The module whose output (at the subject) the target z refers to."""
+        return adapter.block_path(last)
+
+    def target(self, res: locate.TargetResult, adapter, last: int) -> torch.Tensor:
+        """z: (n, d) the value the residual path should take."""
+        site = self.sites(adapter, last)[-1]
+        return res.ref[site.path] + res.deltas[site.path]
+
+    def layer_update(self, model, adapter, layer, K, R, C, hp, ctx) -> torch.Tensor:
+        return memit_update(K, R, C, hp.mom2_weight, dtype=hp.dtype)
+
+    def execute(self, model, tok, adapter, requests, hp):
+        layers = locate.sorted_layers(adapter, hp.layers)
+        last = layers[-1]
+        moments = locate.cached_second_moments(model, tok, adapter, layers, n_tokens=hp.mom2_n_tokens,
+                                               corpus=hp.mom2_corpus)
+        res = locate.optimise_targets(model, tok, requests, self.sites(adapter, last), **hp.target_kwargs())
+        z = self.target(res, adapter, last)
+        rpath = self.residual_path(adapter, last)
+        ctx = self.begin(model, adapter, layers, hp, moments)
+        for j, layer in enumerate(layers):
+            keys = locate.compute_keys(model, tok, adapter, requests, [layer], hp.prefixes, outputs=[rpath])
+            K = keys.mean[layer].T  # (d_in, n)
+            R = spread_residual(z - keys.outputs[rpath], j, len(layers), self.spread_rule).T  # (d_out, n)
+            C = moments[layer].to(K.device)
+            dW = self.layer_update(model, adapter, layer, K, R, C, hp, ctx)
+            locate.add_to_mlp_out(adapter, layer, dW)
+            self.after_layer(ctx, layer, K)
+
+    # hooks for stateful subclasses (AlphaEdit)
+    def begin(self, model, adapter, layers, hp, moments):
+        return None
+
+    def after_layer(self, ctx, layer, K) -> None:
+        pass
+
+
+@register
+class MEMIT(_MultiLayer):
+    name = "memit"
+    hparams_cls = MEMITHparams

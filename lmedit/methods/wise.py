@@ -1,0 +1,293 @@
+"""WISE (Wang et al. 2024): a side memory next to one MLP output projection, with a learned router.
+
+Side memory. A side memory is a copy W' of the output projection W of `layer` (down_proj of a
+mid-to-late layer). We store it as the difference Δ = W' - W (so W' x = W x + Δ x, exactly the
+same function, without a second full copy of W per memory). The base weight is never written.
+
+Routing. For an activation a (the projection's input at one position) the activation score is
+‖(W' - W) a‖ = ‖Δ a‖. Our choice (documented): routing is *per position* - the projection output
+at a position is W' a if the score exceeds the memory's threshold ε, else W a. This keeps training
+and inference consistent and works with KV-cached generation. With several side memories
+(retrieve mode) the memory with the highest score among those above their own ε is used.
+
+Editing. Each `apply` is one *shard*: its requests train the current side memory through a random
+gradient mask that keeps a fraction `mask_ratio` (ρ) of the entries, starting from the memory as
+merged so far. Loss = teacher-forced CE on the target tokens (side output used at the last prompt
+token and the target positions) + `act_weight` × margin losses on the activation scores:
+    ReLU(s_irr - α) + ReLU(β - s_edit) + ReLU(γ - (min s_edit - max s_irr))
+where s_edit are the scores at the edit rows' routed positions and s_irr at every position of
+irrelevant texts (the requests' locality prompts plus a built-in set of generic sentences).
+After a shard is trained, its delta δ (masked) is stored and the memory is re-merged from all of
+its shards (`merge`: 'ties' = TIES merging: trim to the top `ties_density` magnitudes, elect the
+sign by total mass, disjoint mean; 'linear' = plain average of the shard deltas). The threshold ε
+is then learned from data: the midpoint between the highest irrelevant score and the lowest
+edit score under the merged memory.
+
+Retrieve mode: once a memory holds `shards_per_memory` shards, the next shard opens a new side
+memory (a fresh copy of W) and routing picks the most activated memory.
+
+Removal: deleting a shard re-merges its memory from the remaining shard deltas (and re-learns ε);
+a memory with no shard left is dropped, and with none left the wrapper is uninstalled (the
+original module object is put back).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..hparams import HParams
+from ..requests import EditRequest
+from ..tokens import encode_prompt
+from ._memory import ForwardingWrapper, frozen, model_device, request_batch, swap_module, target_nll
+from .base import EditFailed, EditHandle, EditMethod
+from .registry import register
+
+IRRELEVANT_TEXTS = (
+    "The weather today is sunny with a light breeze from the west.",
+    "She opened the book and began to read the first chapter aloud.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "The committee will meet again next Tuesday to discuss the budget.",
+    "He plays the guitar in a small band on weekends.",
+    "Photosynthesis converts sunlight into chemical energy in plants.",
+    "The train to the airport leaves every fifteen minutes.",
+    "Mathematics is the study of numbers, shapes and patterns.",
+)
+
+
+@dataclass
+class WiseHparams(HParams):
+    layer: int = field(default=22, metadata={"help": "layer whose MLP output projection gets the side memory"})
+    lr: float = field(default=0.1, metadata={"help": "Adam learning rate for the side memory"})
+    num_steps: int = field(default=30, metadata={"help": "optimisation steps per shard (apply call)"})
+    mask_ratio: float = field(default=0.2, metadata={"help": "ρ: fraction of the side memory's entries one shard may change"})
+    merge: str = field(default="ties", metadata={"help": "'ties' or 'linear' (plain average of shard deltas)"})
+    ties_density: float = field(default=0.8, metadata={"help": "TIES: fraction of each shard delta's largest magnitudes kept"})
+    shards_per_memory: int = field(default=4, metadata={"help": "retrieve mode: shards per side memory before a new one opens; 0 = one memory"})
+    act_weight: float = field(default=1.0, metadata={"help": "weight of the activation-margin losses"})
+    alpha: float = field(default=2.0, metadata={"help": "margin: irrelevant positions should score below α"})
+    beta: float = field(default=10.0, metadata={"help": "margin: edit positions should score above β"})
+    gamma: float = field(default=6.0, metadata={"help": "margin: min edit score - max irrelevant score should exceed γ"})
+    stop_loss: float = field(default=0.02, metadata={"help": "stop once the target NLL is below this and the margins are met"})
+    seed: int = field(default=0, metadata={"help": "seed of the gradient masks"})
+
+    def validate(self):
+        self.check(self.lr > 0, "lr must be > 0")
+        self.check(self.num_steps >= 1, "num_steps must be >= 1")
+        self.check(0 < self.mask_ratio <= 1, "mask_ratio must be in (0, 1]")
+        self.check(self.merge in ("ties", "linear"), "merge must be 'ties' or 'linear'")
+        self.check(0 < self.ties_density <= 1, "ties_density must be in (0, 1]")
+        self.check(self.shards_per_memory >= 0, "shards_per_memory must be >= 0")
+        self.check(self.act_weight >= 0, "act_weight must be >= 0")
+        self.check(0 <= self.alpha < self.beta, "need 0 <= alpha < beta")
+        self.check(self.gamma >= 0, "gamma must be >= 0")
+
+
+def ties_merge(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
+    """TIES merging (Yadav et al. 2023): trim, elect sign, disjoint mean."""
+    trimmed = []
+    for d in deltas:
+        nz = d.abs().flatten()
+        k = int(round(density * int((nz > 0).sum())))
+        if k <= 0:
+            trimmed.append(torch.zeros_like(d))
+            continue
+        thresh = nz.kthvalue(nz.numel() - k + 1).values
+        trimmed.append(torch.where(d.abs() >= thresh, d, torch.zeros_like(d)))
+    stack = torch.stack(trimmed)
+    sign = torch.sign(stack.sum(0))
+    agree = (torch.sign(stack) == sign) & (stack != 0)
+    count = agree.sum(0).clamp(min=1)
+    return (stack * agree).sum(0) / count
+
+
+@dataclass
+class _Shard:
+    id: int
+    delta: torch.Tensor  # (out, in), zero outside its mask
+    edit_acts: torch.Tensor  # (N, in) activations at the shard's routed positions
+    irr_acts: torch.Tensor  # (M, in) activations of the shard's locality prompts (may be empty)
+
+
+@dataclass
+class _Memory:
+    shards: list[_Shard] = field(default_factory=list)
+    delta: torch.Tensor | None = None  # merged W' - W, (out, in)
+    eps: float = 0.0
+    stats: tuple[float, float] = (0.0, 0.0)  # (lowest edit score, highest irrelevant score) under the merged memory
+
+
+class WiseMemory(ForwardingWrapper):
+    """Wraps the projection; routes each position to main memory or the most activated side memory."""
+
+    def __init__(self, base: nn.Module, path: str, irr_acts: torch.Tensor):
+        super().__init__(base)
+        self.path = path
+        self.memories: list[_Memory] = []
+        self.irr_acts = irr_acts  # (N, in) activations of the built-in irrelevant texts
+        self._ids = itertools.count()
+        self._train: tuple[torch.Tensor, torch.Tensor] | None = None  # (delta (out,in), position mask (B,T))
+
+    def scores(self, delta: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        return (acts.to(delta.dtype) @ delta.T).norm(dim=-1)
+
+    def forward(self, x, *args, **kwargs):
+        out = self.base(x, *args, **kwargs)
+        if self._train is not None:
+            delta, pos = self._train
+            return out + (x @ delta.T.to(x.dtype)) * pos.unsqueeze(-1).to(out.dtype)
+        if not self.memories:
+            return out
+        side = torch.stack([x @ m.delta.T.to(x.dtype) for m in self.memories])  # (M, B, T, out)
+        s = side.norm(dim=-1)  # (M, B, T)
+        eps = torch.tensor([m.eps for m in self.memories], dtype=s.dtype, device=s.device).view(-1, 1, 1)
+        s_masked = torch.where(s > eps, s, torch.full_like(s, -1.0))
+        best, idx = s_masked.max(0)  # (B, T)
+        chosen = side.gather(0, idx[None, ..., None].expand(1, *side.shape[1:]))[0]
+        return out + chosen * (best > 0).unsqueeze(-1).to(out.dtype)
+
+    def remerge(self, mem: _Memory, hp_merge: str, density: float) -> None:
+        deltas = [s.delta for s in mem.shards]
+        if hp_merge == "ties" and len(deltas) > 1:
+            mem.delta = ties_merge(deltas, density)
+        else:
+            mem.delta = torch.stack(deltas).mean(0)
+        edit = self.scores(mem.delta, torch.cat([s.edit_acts for s in mem.shards]))
+        irr = self.scores(mem.delta, torch.cat([self.irr_acts, *(s.irr_acts for s in mem.shards)]))
+        mem.eps = float((edit.min() + irr.max()) / 2)
+        mem.stats = (float(edit.min()), float(irr.max()))
+
+    def extra_repr(self) -> str:
+        return f"memories={len(self.memories)}, shards={[len(m.shards) for m in self.memories]}"
+
+
+class WiseHandle(EditHandle):
+    def __init__(self, method: "Wise", model, wrapper: WiseMemory, shard_id: int | None, merge: str, density: float):
+        self.method, self.model, self.wrapper, self.shard_id = method, model, wrapper, shard_id
+        self.merge, self.density = merge, density
+        self.restored = False
+
+    def restore(self) -> None:
+        if self.restored:
+            return
+        w = self.wrapper
+        for mem in list(w.memories):
+            kept = [s for s in mem.shards if s.id != self.shard_id]
+            if len(kept) != len(mem.shards):
+                mem.shards = kept
+                if kept:
+                    w.remerge(mem, self.merge, self.density)
+                else:
+                    w.memories.remove(mem)
+        if not w.memories and self.model.get_submodule(w.path) is w:
+            swap_module(self.model, w.path, w.base)
+        self.restored = True
+
+
+def _acts(model, tok, module: nn.Module, texts: Sequence[str], device) -> list[torch.Tensor]:
+    """The module's input (T, in) for each text."""
+    out = []
+
+    def grab(_m, inputs, _o):
+        out.append(inputs[0].detach()[0].float())
+
+    h = module.register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            for t in texts:
+                ids = torch.tensor([encode_prompt(tok, t)], device=device)
+                model(input_ids=ids)
+    finally:
+        h.remove()
+    return out
+
+
+@register
+class Wise(EditMethod):
+    name = "wise"
+    hparams_cls = WiseHparams
+    edits_weights = False
+
+    def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: WiseHparams) -> WiseHandle:
+        path = adapter.mlp_out_path(hp.layer)
+        device = model_device(model)
+        mod = model.get_submodule(path)
+        if isinstance(mod, WiseMemory):
+            wrapper = mod
+        else:
+            irr = torch.cat(_acts(model, tok, mod, IRRELEVANT_TEXTS, device))
+            wrapper = WiseMemory(mod, path, irr)
+            swap_module(model, path, wrapper)
+        handle = WiseHandle(self, model, wrapper, None, hp.merge, hp.ties_density)
+        try:
+            self._edit(model, tok, adapter, wrapper, requests, hp, handle)
+        except BaseException:
+            handle.restore()
+            raise
+        return handle
+
+    def _edit(self, model, tok, adapter, wrapper: WiseMemory, requests, hp: WiseHparams, handle: WiseHandle):
+        device = model_device(model)
+        batch = request_batch(tok, requests, device)
+        T = batch.input_ids.shape[1]
+        ar = torch.arange(T, device=device)
+        lens = batch.attention_mask.sum(1)
+        pos = (ar[None] >= (batch.prompt_lens - 1)[:, None]) & (ar[None] < lens[:, None])  # routed positions
+        # activations at the projection input do not depend on the side memory: compute them once
+        acts = {}
+
+        def grab(_m, inputs, _o):
+            acts["x"] = inputs[0].detach().float()
+
+        h = wrapper.base.register_forward_hook(grab)
+        try:
+            with torch.no_grad():
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        finally:
+            h.remove()
+        edit_acts = acts["x"][pos]  # (N, in)
+        loc_texts = [pa.prompt for r in requests for pa in r.locality]
+        loc_acts = torch.cat([*_acts(model, tok, wrapper.base, loc_texts, device),
+                              torch.zeros(0, edit_acts.shape[1], device=device)])
+        irr_acts = torch.cat([wrapper.irr_acts, loc_acts])
+
+        if not wrapper.memories or (hp.shards_per_memory and len(wrapper.memories[-1].shards) >= hp.shards_per_memory):
+            mem = _Memory()
+            wrapper.memories.append(mem)
+        mem = wrapper.memories[-1]
+        W = adapter.as_out_in(wrapper.base.weight).detach()
+        start = mem.delta if mem.delta is not None else torch.zeros_like(W, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(hp.seed + len(mem.shards) + 7919 * len(wrapper.memories))
+        mask = (torch.rand(W.shape, generator=gen) < hp.mask_ratio).to(device=device, dtype=torch.float32)
+        p = nn.Parameter(torch.zeros_like(start))
+        opt = torch.optim.Adam([p], lr=hp.lr)
+        with frozen(model):
+            try:
+                for _ in range(hp.num_steps):
+                    opt.zero_grad()
+                    delta = start + mask * p
+                    wrapper._train = (delta, pos)
+                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                    wrapper._train = None
+                    ce = target_nll(logits, batch).mean()
+                    s_edit = wrapper.scores(delta, edit_acts)
+                    s_irr = wrapper.scores(delta, irr_acts)
+                    margin = (torch.relu(s_irr - hp.alpha).mean() + torch.relu(hp.beta - s_edit).mean()
+                              + torch.relu(hp.gamma - (s_edit.min() - s_irr.max())))
+                    loss = ce + hp.act_weight * margin
+                    if ce.item() < hp.stop_loss and margin.item() == 0:
+                        break
+                    loss.backward()
+                    opt.step()
+            finally:
+                wrapper._train = None
+        shard_delta = (mask * p).detach()
+        if not torch.isfinite(shard_delta).all():
+            raise EditFailed("wise produced a non-finite side memory; the model was restored")
+        shard = _Shard(next(wrapper._ids), shard_delta, edit_acts, loc_acts)
+        mem.shards.append(shard)
+        handle.shard_id = shard.id
+        wrapper.remerge(mem, hp.merge, hp.ties_density)

@@ -1,0 +1,185 @@
+"""Locate-then-edit methods: shared plumbing on a tiny GPT-2 (Conv1D layout), and the real SmolLM2 (slow)."""
+import pytest
+import torch
+
+from lmedit import EditRequest, Editor, ModelAdapter
+from lmedit.methods import locate
+from lmedit.methods.alphaedit import alphaedit_state
+
+TINY_LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def smol_tok():
+    from transformers import AutoTokenizer
+
+    from lmedit.models.loading import resolve
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _tiny_gpt2(tok, dtype=torch.float32):
+    from transformers import AutoModelForCausalLM, GPT2Config
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_inner=64, n_layer=3, n_head=4, n_positions=128)
+    return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+
+
+def _fallback_moments(model, tok, adapter, layers, *, n_tokens, corpus=None, progress=False):
+    """Test-only stand-in for lmedit.stats on tiny random models: E[kkᵀ] over random token ids."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (8, 32), generator=g)
+    paths = [adapter.mlp_out_path(l) for l in layers]
+    from lmedit.models.hooks import Trace
+    with torch.no_grad(), Trace(model, paths, keep_input=True) as tr:
+        model(input_ids=ids)
+    out = {}
+    for l, p in zip(layers, paths):
+        k = tr[p].input.reshape(-1, tr[p].input.shape[-1]).double()
+        out[l] = (k.T @ k / len(k) + 1e-4 * torch.eye(k.shape[1], dtype=torch.float64)).float()
+    return out
+
+
+@pytest.fixture
+def tiny(smol_tok, monkeypatch):
+    monkeypatch.setattr(locate, "second_moments", _fallback_moments)
+    monkeypatch.setattr(locate, "_MOM_CACHE", __import__("weakref").WeakKeyDictionary())
+    return _tiny_gpt2(smol_tok), smol_tok
+
+
+REQS = [
+    EditRequest(prompt="The capital of France is", subject="France", target_new="Rome", target_true="Paris"),
+    EditRequest(prompt="In the city of Berlin, people speak", subject="Berlin", target_new="Japanese"),
+    EditRequest(prompt="Marie Curie was born in", subject="Marie Curie", target_new="Canada"),
+]
+FAST = dict(v_steps=6, v_lr=0.2, mom2_n_tokens=256)
+
+
+def test_subject_token_located_anywhere(smol_tok):
+    text = "Here is a fact. In the city of Berlin, people speak"
+    ids, i = locate.subject_last_token(smol_tok, text, "Berlin", start=len("Here is a fact. "))
+    assert smol_tok.decode(ids[i]).strip() == "Berlin"
+    ids, i = locate.subject_last_token(smol_tok, "Marie Curie was born in", "Marie Curie")
+    assert smol_tok.decode(ids[i]).strip().endswith("ie")
+    with pytest.raises(ValueError):
+        locate.subject_last_token(smol_tok, "nothing here", "Berlin")
+
+
+def test_batched_and_serial_targets_agree(smol_tok):
+    model = _tiny_gpt2(smol_tok, torch.float64)
+    ad = ModelAdapter(model)
+    site = [locate.Site(ad.mlp_out_path(TINY_LAYER), norm_ref="residual", block=ad.block_path(TINY_LAYER))]
+    kw = dict(steps=8, lr=0.1, stop_loss=0.0, clamp_norm_factor=4.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batched = locate.optimise_targets(model, smol_tok, REQS, site, **kw)
+    serial = [locate.optimise_targets(model, smol_tok, [r], site, **kw) for r in REQS]
+    d_b = batched.deltas[site[0].path]
+    d_s = torch.cat([s.deltas[site[0].path] for s in serial])
+    assert d_b.abs().max() > 1e-3  # something was learnt
+    assert torch.allclose(d_b, d_s, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(batched.losses, torch.cat([s.losses for s in serial]), atol=1e-8)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+
+
+def test_early_stop_freezes_a_request(smol_tok):
+    model = _tiny_gpt2(smol_tok, torch.float64)
+    ad = ModelAdapter(model)
+    site = [locate.Site(ad.mlp_out_path(TINY_LAYER))]
+    res = locate.optimise_targets(model, smol_tok, REQS[:2], site, steps=5, stop_loss=1e9)
+    assert res.steps.tolist() == [0, 0]
+    assert res.deltas[site[0].path].abs().max() == 0
+
+
+def test_rome_inserts_value_exactly_on_conv1d(tiny):
+    model, tok = tiny
+    ad = ModelAdapter(model)
+    assert ad.spec.conv1d
+    hp = dict(FAST, layers=[TINY_LAYER], v_stop_loss=0.0)
+    site = locate.Site(ad.mlp_out_path(TINY_LAYER))
+    from lmedit.methods.rome import ROMEHparams
+    h = ROMEHparams.from_dict(hp)
+    expect = locate.optimise_targets(model, tok, REQS[:1], [site], **h.target_kwargs())
+    v_star = expect.init[site.path] + expect.deltas[site.path]
+    res = Editor(model, tok).edit(REQS[:1], method="rome", hparams=hp, evaluate=False)
+    got = locate.outputs_at_subject(model, tok, REQS[:1], [site.path])[site.path]
+    assert torch.allclose(got, v_star, atol=1e-4, rtol=1e-4)
+    delta = res.handle.handles[0].deltas()[ad.param_name(site.path)]
+    assert torch.linalg.matrix_rank(delta.double(), rtol=1e-6) == 1
+    res.restore()
+
+
+def test_r_rome_inserts_the_averaged_key(tiny):
+    model, tok = tiny
+    ad = ModelAdapter(model)
+    hp = dict(FAST, layers=[TINY_LAYER], v_stop_loss=0.0)
+    keys = locate.compute_keys(model, tok, ad, REQS[:1], [TINY_LAYER])
+    w0 = ad.as_out_in(ad.mlp_out_weight(TINY_LAYER)).detach().clone()
+    res = Editor(model, tok).edit(REQS[:1], method="r-rome", hparams=hp, evaluate=False)
+    w1 = ad.as_out_in(ad.mlp_out_weight(TINY_LAYER)).detach()
+    k = keys.mean[TINY_LAYER][0]
+    # ΔW is rank one along C⁻¹k̄ and maps k̄ to a non-zero change
+    assert ((w1 - w0) @ k).norm() > 1e-4
+    res.restore()
+    assert torch.equal(ad.as_out_in(ad.mlp_out_weight(TINY_LAYER)), w0)
+
+
+@pytest.mark.parametrize("method", ["rome", "r-rome", "memit", "pmet", "emmet", "alphaedit"])
+def test_every_method_edits_and_restores_exactly_on_tiny_gpt2(tiny, method, state_of, same_state):
+    model, tok = tiny
+    snap = state_of(model)
+    layers = [TINY_LAYER] if "rome" in method else [0, 1]
+    mode = "sequential" if "rome" in method else "batch"
+    res = Editor(model, tok).edit(REQS[:2], method=method, hparams=dict(FAST, layers=layers), mode=mode,
+                                  evaluate=False)
+    assert not same_state(model, snap)
+    res.restore()
+    assert same_state(model, snap)
+
+
+def test_alphaedit_sequential_keys_and_preserved_subspace(tiny):
+    model, tok = tiny
+    ad = ModelAdapter(model)
+    ed = Editor(model, tok)
+    hp = dict(FAST, layers=[0, 1], nullspace_threshold=0.5, nullspace_relative=True)
+    state = alphaedit_state(model)
+    assert state.keys == {}
+    r1 = ed.edit(REQS[:1], method="alphaedit", hparams=hp, evaluate=False)
+    r2 = ed.edit(REQS[1:3], method="alphaedit", hparams=hp, mode="batch", evaluate=False)
+    assert len(state.keys) == 2
+    assert state.previous_keys(1).shape == (64, 3)
+    # the update lies in the null space: ΔW P = ΔW, so preserved directions are untouched
+    (P,) = [v for k, v in state.projectors.items() if k[0] == 1]
+    delta = ad.as_out_in(r2.handle.handles[0].deltas()[ad.param_name(ad.mlp_out_path(1))]).double()
+    assert (delta - delta @ P.double()).abs().max() < 1e-5 * max(1.0, float(delta.abs().max()))
+    r2.restore()
+    assert len(state.keys) == 1 and state.previous_keys(1).shape == (64, 1)
+    r1.restore()
+    assert state.keys == {}
+
+
+# --- the real model ------------------------------------------------------------------------------
+def _efficacy(model, tok, reqs):
+    from lmedit.evaluate.scoring import teacher_forced
+    new = teacher_forced(model, tok, [r.prompt for r in reqs], [r.target_new for r in reqs])
+    true = teacher_forced(model, tok, [r.prompt for r in reqs], [r.target_true for r in reqs])
+    return [a.nll < b.nll for a, b in zip(new, true)]
+
+
+SMALL_STATS = dict(mom2_n_tokens=2000, v_steps=12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,mode", [("rome", "sequential"), ("memit", "batch"), ("alphaedit", "batch")])
+def test_real_model_edits_and_restores(smol, method, mode, state_of, same_state):
+    from conftest import counterfact_requests
+    model, tok = smol
+    reqs = counterfact_requests(2)
+    snap = state_of(model)
+    res = Editor(model, tok).edit(reqs, method=method, hparams=SMALL_STATS, mode=mode, evaluate=False)
+    ok = _efficacy(model, tok, reqs)
+    res.restore()
+    assert same_state(model, snap)
+    assert sum(ok) >= 1, ok
