@@ -183,3 +183,20 @@ def test_real_model_edits_and_restores(smol, method, mode, state_of, same_state)
     res.restore()
     assert same_state(model, snap)
     assert sum(ok) >= 1, ok
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit"])
+def test_bfloat16_model_is_edited_with_full_precision_solves(smol_tok, monkeypatch, method, state_of, same_state):
+    monkeypatch.setattr(locate, "second_moments", _fallback_moments)
+    monkeypatch.setattr(locate, "_MOM_CACHE", __import__("weakref").WeakKeyDictionary())
+    model = _tiny_gpt2(smol_tok, torch.bfloat16)
+    snap = state_of(model)
+    layers = [TINY_LAYER] if method == "rome" else [0, 1]
+    res = Editor(model, smol_tok).edit(REQS[:1], method=method, evaluate=False,
+                                       hparams=dict(FAST, layers=layers, solve_dtype="float64"))
+    ad = ModelAdapter(model)
+    w = ad.mlp_out_weight(TINY_LAYER)
+    assert w.dtype == torch.bfloat16 and torch.isfinite(w.float()).all()
+    assert not same_state(model, snap)
+    res.restore()
+    assert same_state(model, snap)
