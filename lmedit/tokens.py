@@ -45,6 +45,17 @@ class PromptTargetBatch:
                                  self.target_mask.to(device), self.prompt_lens.to(device), self.targets)
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids, attention_mask), right-padded to the longest."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        att[i, : len(s)] = 1
+    return ids, att
+
+
 def batch_prompt_targets(tok, prompts: Sequence[str], targets: Sequence[str],
                          max_length: int | None = None) -> PromptTargetBatch:
     seqs, masks, plens, tids = [], [], [], []
@@ -57,14 +68,9 @@ def batch_prompt_targets(tok, prompts: Sequence[str], targets: Sequence[str],
         masks.append([False] * len(pi) + [True] * len(ti))
         plens.append(len(pi))
         tids.append(ti)
-    width = max(len(s) for s in seqs)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    tmask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (s, m) in enumerate(zip(seqs, masks)):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
+    ids, att = right_pad(seqs, tok.pad_token_id if tok.pad_token_id is not None else 0)
+    tmask = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, m in enumerate(masks):
         tmask[i, : len(m)] = torch.tensor(m)
     return PromptTargetBatch(ids, att, tmask, torch.tensor(plens), tids)
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..tokens import batch_prompt_targets, context_length, encode_prompt, encode_target
+from ..tokens import batch_prompt_targets, context_length, encode_prompt, encode_target, right_pad
 
 
 @dataclass
@@ -115,12 +115,8 @@ def loglikelihood(model, tok, prompts: Sequence[str], targets: Sequence[str], ba
     order = sorted(range(len(seqs)), key=lambda r: -len(seqs[r]))
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
-        width = max(len(seqs[r]) for r in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        att = torch.zeros((len(chunk), width), dtype=torch.long)
-        for b, r in enumerate(chunk):
-            ids[b, :len(seqs[r])] = torch.tensor(seqs[r])
-            att[b, :len(seqs[r])] = 1
+        ids, att = right_pad([seqs[r] for r in chunk], pad)
+        width = ids.shape[1]
         lo = min(row_plen[r] for r in chunk) - 1  # the logit at position t predicts token t+1
         hi = width  # the last token of a row predicts its final target token
         kwargs = {"input_ids": ids.to(device), "attention_mask": att.to(device), "use_cache": False}

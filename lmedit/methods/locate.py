@@ -38,7 +38,7 @@ from ..hparams import HParams
 from ..models.adapters import ModelAdapter
 from ..models.hooks import Trace
 from ..requests import EditRequest
-from ..tokens import encode_target
+from ..tokens import encode_target, right_pad
 
 # Neutral, fact-free sentences put before the prompt when computing keys and target values.
 DEFAULT_PREFIXES: tuple[str, ...] = (
@@ -89,16 +89,6 @@ class Rows:
                     self.owner.to(device), self.lengths.to(device), self.extra)
 
 
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        att[i, :len(s)] = 1
-    return ids, att
-
-
 def _pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
@@ -113,7 +103,7 @@ def prompt_rows(tok, requests: Sequence[EditRequest], prefixes: Sequence[str]) -
             seqs.append(ids)
             pos.append(p)
             owner.append(i)
-    ids, att = _pad(seqs, _pad_id(tok))
+    ids, att = right_pad(seqs, _pad_id(tok))
     return Rows(ids, att, torch.tensor(pos), torch.tensor(owner), att.sum(1), {"n_ctx": len(ctxs)})
 
 
@@ -224,7 +214,7 @@ def _target_rows(tok, requests: Sequence[EditRequest], prefixes: Sequence[str]) 
         tstart.append(len(ids))
         tids.append([])
         kl.append(True)
-    ids, att = _pad(seqs, _pad_id(tok))
+    ids, att = right_pad(seqs, _pad_id(tok))
     B, T = ids.shape
     # target bookkeeping: logit at position tstart-1+j predicts target token j
     tmask = torch.zeros(B, T, dtype=torch.bool)

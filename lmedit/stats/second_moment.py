@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..paths import stats_dir
-from ..tokens import context_length
+from ..tokens import context_length, right_pad
 from .corpus import Corpus, iter_token_chunks, resolve_corpus
 
 log = logging.getLogger(__name__)
@@ -232,12 +232,7 @@ def _collect(model, tok, adapter, layers: list[int], corpus: Corpus, n_tokens: i
             handle = model.get_submodule(deepest).register_forward_hook(stop)  # runs after Trace's hook
             try:
                 for batch in _batches(chunks, batch_tokens):
-                    width = max(len(c) for c in batch)
-                    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                    att = torch.zeros((len(batch), width), dtype=torch.long)
-                    for i, c in enumerate(batch):
-                        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-                        att[i, : len(c)] = 1
+                    ids, att = right_pad(batch, pad)
                     ids, att = ids.to(device), att.to(device)
                     try:
                         model(input_ids=ids, attention_mask=att, use_cache=False)
