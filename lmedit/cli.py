@@ -25,6 +25,7 @@ from rich.table import Table
 from .bench.cli import bench_app
 from .data.cli import data_app
 from .general.cli import general_app
+from .methods.serac_cli import serac_app
 from .stats.cli import stats_app
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,6 +38,7 @@ app.add_typer(stats_app, name="stats")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.add_typer(general_app, name="general")
+app.add_typer(serac_app, name="serac")
 console = Console()
 err = Console(stderr=True)
 
