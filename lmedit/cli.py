@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from .bench.cli import bench_app
 from .data.cli import data_app
 from .general.cli import general_app
+from .hparams import parse_overrides
 from .methods.serac_cli import serac_app
 from .stats.cli import stats_app
 
@@ -96,13 +96,10 @@ def methods_list():
 
 
 def _parse_sets(sets: list[str]) -> dict:
-    out = {}
-    for s in sets:
-        if "=" not in s:
-            _fail(f"--set takes key=value, got {s!r}")
-        k, v = s.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    try:
+        return parse_overrides(sets)
+    except ValueError as e:
+        _fail(str(e))
 
 
 def _load_requests(path: Path):

@@ -113,3 +113,14 @@ def load_hparams(cls: type[HParams], method: str, model_type: str | None = None,
         merged.update(_read_yaml(Path(path)))
     merged.update(overrides or {})
     return cls.from_dict(merged)
+
+
+def parse_overrides(items) -> dict:
+    """`["key=value", ...]` (the CLI's --set) -> {key: yaml-parsed value}."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out

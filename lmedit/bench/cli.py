@@ -14,6 +14,15 @@ bench_app = typer.Typer(help="Benchmark runs: a method over a dataset under a de
 console = Console()
 
 
+def _overrides(items: list[str]) -> dict:
+    from ..hparams import parse_overrides
+
+    try:
+        return parse_overrides(items)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()] if s else []
 
@@ -51,16 +60,9 @@ def run_cmd(
     lmedit bench run --out runs/ftm-seq --method ft-m --dataset zsre-mend-eval --n 300 \\
         --protocol sequential --checkpoints 1,10,100 --general sst2,rte --general-n 50
     """
-    import yaml
-
     from . import RunConfig, RunError, run
 
-    overrides = {}
-    for s in set_:
-        if "=" not in s:
-            raise typer.BadParameter(f"--set takes key=value, got {s!r}")
-        k, v = s.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
+    overrides = _overrides(set_)
     try:
         cfg = RunConfig(model=model, method=method, dataset=dataset, data_path=data_path, start=start, n=n,
                         protocol=protocol, batch_size=batch_size, checkpoints=_ints(checkpoints), hparams=overrides,
@@ -119,11 +121,9 @@ def speed_cmd(
 
     lmedit bench speed --model gpt2-xl --device cuda --methods memit --batch-sizes 1000
     """
-    import yaml
-
     from .speed import markdown, measure
 
-    overrides = {k.strip(): yaml.safe_load(v) for k, v in (s.split("=", 1) for s in set_)}
+    overrides = _overrides(set_)
     rows = measure(model, [m for m in methods.split(",") if m], _ints(batch_sizes), rome_edits, device, dtype,
                    stats_tokens, overrides)
     if output:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-import yaml
 from rich.console import Console
 
 serac_app = typer.Typer(help="SERAC: train the scope classifier and the counterfactual model once (cached).",
@@ -25,12 +24,12 @@ def _hparams(model, hparams: Optional[Path], n: Optional[int], classifier_n: Opt
     from ..models import ModelAdapter
     from .serac import SeracHparams
 
-    overrides = {}
-    for s in sets:
-        if "=" not in s:
-            raise typer.BadParameter(f"--set takes key=value, got {s!r}")
-        k, v = s.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
+    from ..hparams import parse_overrides
+
+    try:
+        overrides = parse_overrides(sets)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     if n is not None:
         overrides["cf_records"] = n
     if classifier_n is not None:
