@@ -11,9 +11,9 @@ edit deletes its adapter (`delete_adapter`) and re-activates the others; restori
 `unload()`s peft, which puts the original Linear modules back: the module tree, the state_dict
 (bit-identical: base weights are never written) and every `requires_grad` flag are as before.
 
-Not implemented: MELO's router (a database of edit-prompt keys that activates only the matching
-adapter cluster per input). Without it every adapter is always active, so locality is that of
-plain LoRA fine-tuning.
+`lora` keeps every adapter active, so its locality is that of plain LoRA fine-tuning; `melo`
+(lmedit/methods/melo.py) adds MELO's router, which activates an adapter only for inputs near its
+edit.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ class _Session:
     def __init__(self, model: nn.Module, peft_model, flags: dict[str, bool]):
         self.model, self.peft_model, self.flags = model, peft_model, flags
         self.adapters: list[str] = []
+        self.router = None  # MELO: the router that gates adapters per input
 
     def activate_all(self) -> None:
         self.peft_model.base_model.set_adapter(list(self.adapters))
@@ -123,6 +124,7 @@ class Lora(EditMethod):
     def remove(self, session: _Session, name: str) -> None:
         if name not in session.adapters:
             return
+        self._forget(session, name)
         if len(session.adapters) == 1:
             session.peft_model.unload()  # puts the original modules back, drops peft_config
             session.adapters.clear()
@@ -137,29 +139,43 @@ class Lora(EditMethod):
         session, name = self._add(model, adapter, hp)
         handle = LoraHandle(self, session, name)
         try:
-            params = [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
-            if not params:
-                raise EditFailed(f"lora: no LoRA parameters were created for {self.target_modules(adapter, hp)}")
-            batch = request_batch(tok, requests, model_device(model))
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for p in params:
-                p.requires_grad_(True)
-            opt = torch.optim.Adam(params, lr=hp.lr)
-            for _ in range(hp.num_steps):
-                opt.zero_grad()
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                loss = target_nll(logits, batch).mean()
-                if loss.item() < hp.stop_loss:
-                    break
-                loss.backward()
-                opt.step()
-            for p in params:
-                p.grad = None
-            if not all(torch.isfinite(p).all() for p in params):
-                raise EditFailed("lora produced non-finite adapter weights; the model was restored")
-            session.reset_grad_flags()
+            self._before_training(model, tok, adapter, session, name, requests, hp)
+            self._train(model, tok, session, name, requests, hp)
         except BaseException:
             handle.restore()
             raise
         return handle
+
+    def _forget(self, session: _Session, name: str) -> None:
+        """Hook for subclasses: `name` is about to be deleted (MELO drops its router keys)."""
+
+    def _before_training(self, model, tok, adapter, session: _Session, name: str, requests, hp) -> None:
+        """Hook for subclasses (MELO registers the new adapter with its router here)."""
+
+    def _train(self, model, tok, session: _Session, name: str, requests, hp: LoraHparams) -> None:
+        params = self.adapter_params(model, name)
+        if not params:
+            raise EditFailed(f"{self.name}: no LoRA parameters were created for {hp.layers}")
+        batch = request_batch(tok, requests, model_device(model))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=hp.lr)
+        for _ in range(hp.num_steps):
+            opt.zero_grad()
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss = target_nll(logits, batch).mean()
+            if loss.item() < hp.stop_loss:
+                break
+            loss.backward()
+            opt.step()
+        for p in params:
+            p.grad = None
+        if not all(torch.isfinite(p).all() for p in params):
+            raise EditFailed(f"{self.name} produced non-finite adapter weights; the model was restored")
+        session.reset_grad_flags()
+
+    @staticmethod
+    def adapter_params(model, name: str) -> list[nn.Parameter]:
+        return [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
