@@ -67,6 +67,31 @@ def test_sequential_interrupted_then_resumed_loses_nothing(tmp_path, monkeypatch
     assert [r["index"] for r in case_rows(tmp_path / "s")] == [0, 1, 2, 3]
 
 
+def test_sequential_memory_method_with_checkpoints_restarts_on_resume(tmp_path, monkeypatch):
+    """GRACE keeps its edits outside the weights: checkpoints work, and an interrupted run restarts
+    its sequence on --resume without keeping the earlier attempt's checkpoints."""
+    from lmedit.methods import grace
+
+    c = cfg(method="grace", protocol="sequential", n=3, checkpoints=[1], hparams={"num_steps": 3})
+    original = grace.Grace._train_values
+    calls = {"n": 0}
+
+    def crash_on_second(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(grace.Grace, "_train_values", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(c, tmp_path / "g")
+    assert [r["edits"] for r in read_jsonl(tmp_path / "g" / "checkpoints.jsonl")] == [1]
+    assert not (tmp_path / "g" / "state").exists()
+    s = run(c, tmp_path / "g", resume=True)
+    assert calls["n"] == 5  # the whole sequence again
+    assert s["complete"] and [r["edits"] for r in s["checkpoints"]] == [1, 3]
+
+
 def test_killed_process_resumes_from_its_last_case(tmp_path):
     out = tmp_path / "k"
     args = [sys.executable, "-m", "lmedit.cli", "bench", "run", "--out", str(out), "--method", "ft-m",

@@ -145,9 +145,13 @@ def _save_state(run_dir: Path, handle: CompositeHandle, method, edits_done: int)
     from safetensors.torch import save_file
 
     params: dict[str, torch.Tensor] = {}
+    if not all(isinstance(h, WeightEdit) for h in handle.handles):
+        # memory / added-parameter methods keep their edits outside the weights: nothing to save,
+        # an interrupted run of theirs restarts its sequence (`run_sequential` drops stale checkpoints)
+        log.warning("%s: no resumable state (its edits are not weight edits); --resume restarts the sequence",
+                    method.name)
+        return
     for h in handle.handles:
-        if not isinstance(h, WeightEdit):
-            raise RunError(f"{method.name}: sequential resume needs weight edits or a method state_dict")
         params.update({n: p.detach().cpu().contiguous() for n, p in h.params.items()})
     state = run_dir / "state"
     tmp = run_dir / "state.tmp"
@@ -197,6 +201,13 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
     done = _load_state(run_dir, editor.model, m)
     if done:
         log.info("resuming after %d edits", done)
+    else:  # starting (or restarting) the sequence: checkpoints of an earlier attempt no longer apply
+        for stale in ("checkpoints.jsonl", "general.jsonl"):
+            rows = [r for r in read_jsonl(run_dir / stale) if r.get("edits", 0) == 0]
+            if (run_dir / stale).is_file():
+                (run_dir / stale).unlink()
+                for r in rows:
+                    append_jsonl(run_dir / stale, r)
     total = len(reqs)
     checkpoints = [c for c in cfg.checkpoints if c < total] + [total]
     handle = CompositeHandle()

@@ -22,12 +22,12 @@ import torch
 from . import locate
 from .base import WeightEdit
 from .closed_form import alphaedit_update, nullspace_projector
-from .memit import MEMITHparams, _MultiLayer
+from .memit import MultiLayerHparams, _MultiLayer
 from .registry import register
 
 
 @dataclass
-class AlphaEditHparams(MEMITHparams):
+class AlphaEditHparams(MultiLayerHparams):
     nullspace_threshold: float = field(default=1e-2, metadata={"help": "eigenvalues of E[kkᵀ] below this span the null space"})
     nullspace_relative: bool = field(default=False, metadata={"help": "threshold is relative to the largest eigenvalue"})
     l2: float = field(default=1.0, metadata={"help": "α: ridge on ΔW (the paper's + I)"})

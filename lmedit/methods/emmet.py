@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .closed_form import emmet_update
-from .memit import MEMITHparams, _MultiLayer
+from .memit import MultiLayerHparams, _MultiLayer
 from .registry import register
 
 
 @dataclass
-class EMMETHparams(MEMITHparams):
+class EMMETHparams(MultiLayerHparams):
     ridge: float = field(default=1e-3, metadata={"help": "relative ridge ε on KᵀC⁻¹K (0 = exact constraints)"})
 
     def validate(self):

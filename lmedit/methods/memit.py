@@ -25,11 +25,16 @@ from .registry import register
 
 
 @dataclass
-class MEMITHparams(locate.LocateHparams):
+class MultiLayerHparams(locate.LocateHparams):
+    """What every method of the MEMIT loop shares (EMMET and AlphaEdit have no λ)."""
     layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7], metadata={"help": "edited layers; targets are optimised at the last"})
     clamp_norm_factor: float = field(default=0.75, metadata={"help": "‖δ‖ is clamped to this times ‖h‖ (the residual)"})
     v_steps: int = field(default=25, metadata={"help": "optimisation steps of the target deltas"})
     v_weight_decay: float = field(default=0.5, metadata={"help": "weight of ‖δ‖²/‖h‖² in the target loss"})
+
+
+@dataclass
+class MEMITHparams(MultiLayerHparams):
     mom2_weight: float = field(default=15000.0, metadata={"help": "λ: weight of the preserved-key second moment C"})
 
     def validate(self):
