@@ -5,6 +5,7 @@
 - `frozen`: every parameter of the model has `requires_grad=False` inside the block, restored after.
 - `request_batches`: prompt+target batches (the same tokenisation the evaluator uses).
 - `target_nll`: teacher-forced mean NLL of the target tokens, per request (prompt positions masked).
+- `fit_targets`: Adam on some parameters until the mean target NLL is low enough.
 """
 from __future__ import annotations
 
@@ -56,6 +57,21 @@ def target_nll(logits: torch.Tensor, batch: PromptTargetBatch) -> torch.Tensor:
     mask = batch.target_mask[:, 1:].float()
     nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
     return nll.sum(1) / mask.sum(1)
+
+
+def fit_targets(model: nn.Module, batch: PromptTargetBatch, params, lr: float, num_steps: int,
+                stop_loss: float) -> None:
+    """At most `num_steps` Adam steps on `params` against the mean target NLL of `batch`; stops
+    early once it is below `stop_loss`. Gradients flow only where the caller enabled them."""
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(num_steps):
+        opt.zero_grad()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = target_nll(logits, batch).mean()
+        if loss.item() < stop_loss:
+            break
+        loss.backward()
+        opt.step()
 
 
 def prompt_last_positions(batch: PromptTargetBatch) -> torch.Tensor:

@@ -37,8 +37,8 @@ from torch import nn
 
 from ..hparams import HParams
 from ..requests import EditRequest
-from ._memory import (ForwardingWrapper, frozen, model_device, prompt_last_positions, request_batch, swap_module,
-                      target_nll)
+from ._memory import (ForwardingWrapper, fit_targets, frozen, model_device, prompt_last_positions, request_batch,
+                      swap_module)
 from .base import EditFailed, EditHandle, EditMethod
 from .registry import register
 
@@ -219,18 +219,10 @@ class Grace(EditMethod):
         init = captured["y"][rows, pos].float().clone() if hp.value_init == "output" else \
             torch.zeros_like(captured["y"][rows, pos], dtype=torch.float32)
         values = nn.Parameter(init)
-        opt = torch.optim.Adam([values], lr=hp.lr)
         with frozen(model):
             try:
                 adaptor._train = (pos, values)
-                for _ in range(hp.num_steps):
-                    opt.zero_grad()
-                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                    loss = target_nll(logits, batch).mean()
-                    if loss.item() < hp.stop_loss:
-                        break
-                    loss.backward()
-                    opt.step()
+                fit_targets(model, batch, [values], hp.lr, hp.num_steps, hp.stop_loss)
             finally:
                 adaptor._train = None
         return keys, values.detach().clone()

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..hparams import HParams
 from ..requests import EditRequest
-from ._memory import model_device, request_batch, target_nll
+from ._memory import fit_targets, model_device, request_batch
 from .base import EditFailed, EditHandle, EditMethod
 from .registry import register
 
@@ -161,15 +161,7 @@ class Lora(EditMethod):
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=hp.lr)
-        for _ in range(hp.num_steps):
-            opt.zero_grad()
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            loss = target_nll(logits, batch).mean()
-            if loss.item() < hp.stop_loss:
-                break
-            loss.backward()
-            opt.step()
+        fit_targets(model, batch, params, hp.lr, hp.num_steps, hp.stop_loss)
         for p in params:
             p.grad = None
         if not all(torch.isfinite(p).all() for p in params):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._memory import model_device, request_batch
 from .lora import Lora, LoraHparams, _Session
 from .registry import register
 
@@ -130,8 +131,6 @@ class Melo(Lora):
 
     @torch.no_grad()
     def _keys(self, model, tok, router: Router, requests) -> torch.Tensor:
-        from ._memory import model_device, request_batch
-
         batch = request_batch(tok, requests, model_device(model))
         prompt_only = batch.attention_mask * (torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)[None]
                                               < batch.prompt_lens[:, None])
