@@ -150,6 +150,16 @@ def test_alphaedit_sequential_keys_and_preserved_subspace(tiny):
     r2 = ed.edit(REQS[1:3], method="alphaedit", hparams=hp, mode="batch", evaluate=False)
     assert len(state.keys) == 2
     assert state.previous_keys(1).shape == (64, 3)
+    # a resumed sequential run gets the earlier edits' keys back (bench saves resume_state with the weights)
+    from lmedit.methods import get_method
+
+    saved = get_method("alphaedit").resume_state(model)
+    kept = dict(state.keys)
+    state.keys.clear()
+    get_method("alphaedit").load_resume_state(model, saved)
+    assert torch.equal(state.previous_keys(1), torch.cat([k[1] for k in kept.values()], dim=1))
+    state.keys.clear()
+    state.keys.update(kept)
     # the update lies in the null space: ΔW P = ΔW, so preserved directions are untouched
     (P,) = [v for k, v in state.projectors.items() if k[0] == 1]
     delta = ad.as_out_in(r2.handle.handles[0].deltas()[ad.param_name(ad.mlp_out_path(1))]).double()

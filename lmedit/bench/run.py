@@ -140,7 +140,7 @@ def run_independent(cfg: RunConfig, editor, reqs, out: Path, todo: list[int]) ->
     bar.close()
 
 
-def _save_state(run_dir: Path, handle: CompositeHandle, method, edits_done: int) -> None:
+def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_done: int) -> None:
     """The edited weights (and any method state) after `edits_done` edits, written atomically."""
     from safetensors.torch import save_file
 
@@ -157,8 +157,9 @@ def _save_state(run_dir: Path, handle: CompositeHandle, method, edits_done: int)
     tmp = run_dir / "state.tmp"
     tmp.mkdir(exist_ok=True)
     save_file(params, str(tmp / "weights.safetensors"))
-    if hasattr(method, "state_dict"):
-        torch.save(method.state_dict(), tmp / "method.pt")
+    extra = method.resume_state(model)
+    if extra is not None:
+        torch.save(extra, tmp / "method.pt")
     (tmp / "state.json").write_text(json.dumps({"edits_done": edits_done}))
     if state.exists():
         old = run_dir / "state.old"
@@ -182,8 +183,8 @@ def _load_state(run_dir: Path, model, method) -> int:
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
-    if (state / "method.pt").is_file() and hasattr(method, "load_state_dict"):
-        method.load_state_dict(torch.load(state / "method.pt"))
+    if (state / "method.pt").is_file():
+        method.load_resume_state(model, torch.load(state / "method.pt"))
     return json.loads((state / "state.json").read_text())["edits_done"]
 
 
@@ -235,7 +236,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
             for i, o in zip(edited, post):
                 append_jsonl(run_dir / "cases.jsonl", _row(i, reqs[i], pre[i], o, seconds / total))
         else:
-            _save_state(run_dir, handle, m, done)
+            _save_state(run_dir, editor.model, handle, m, done)
     bar.close()
 
 

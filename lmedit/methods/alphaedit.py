@@ -95,6 +95,14 @@ class AlphaEdit(_MultiLayer):
         ctx["new_keys"][layer] = K.detach().float().cpu()
         self._ctx = ctx
 
+    def resume_state(self, model) -> dict:
+        return {"keys": list(alphaedit_state(model).keys.values())}
+
+    def load_resume_state(self, model, state: dict) -> None:
+        keys = alphaedit_state(model).keys
+        for k in state["keys"]:
+            keys[next(_IDS)] = k
+
     def apply(self, model, tok, adapter, requests, hp):
         self._ctx = None
         handle = super().apply(model, tok, adapter, requests, hp)

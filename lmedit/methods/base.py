@@ -79,6 +79,14 @@ class EditMethod:
               hparams: HParams) -> EditHandle:
         raise NotImplementedError
 
+    def resume_state(self, model: nn.Module) -> dict | None:
+        """What, besides the edited weights, a resumed sequential run needs (AlphaEdit: the keys of
+        the edits so far); None when the weights say it all."""
+        return None
+
+    def load_resume_state(self, model: nn.Module, state: dict) -> None:
+        """Put back what `resume_state` returned, on a model that carries the saved weights."""
+
 
 class WeightEditingMethod(EditMethod):
     """A method that changes existing parameters in place; snapshot + rollback come for free."""
