@@ -186,8 +186,8 @@ class TPatcher(EditMethod):
         module = adapter.module(adapter.mlp_path(hp.layer))
         memory = memory_inputs(model, tok, module, hp.memory_tokens, hp.memory_corpus)
         bank = self.bank(module)
-        # earlier edits' positions join the memory set: the new patch must not fire there either,
-        # so that undoing it later cannot change what an earlier edit does
+        # earlier edits' positions: the new patch must not fire there either (a term of its own in the
+        # loss), so that undoing it later cannot change what an earlier edit does
         earlier = torch.cat([memory[:0], *[p.inputs for p in bank.patches.values() if p.inputs is not None]])
         handle = TPatcherHandle(self, bank, None)
         try:
@@ -239,15 +239,15 @@ class TPatcher(EditMethod):
         mine = owner * hp.n_neurons  # first neuron of each edit position's request
         opt = torch.optim.Adam([keys, bias, values], lr=hp.lr)
         patch = _Patch(keys, bias, values)
+        if last:  # the fixed inputs of the fast path, gathered once
+            x_sel, h_sel = x[sel_b, sel_t], got["h"][sel_b, sel_t]
         with frozen(model):
             try:
                 bank.training = patch
                 for _ in range(hp.num_steps):
                     opt.zero_grad()
                     if last:  # only at the positions that predict target tokens
-                        xs = x[sel_b, sel_t]
-                        h_out = got["h"][sel_b, sel_t] + (torch.relu(PatchBank.pre_activation(xs, patch))
-                                                          @ patch.values).to(got["h"].dtype)
+                        h_out = h_sel + (torch.relu(PatchBank.pre_activation(x_sel, patch)) @ patch.values).to(h_sel.dtype)
                         logp = torch.log_softmax(adapter.unembed()(adapter.final_norm()(h_out)).float(), -1)
                         tok_nll = -logp.gather(-1, sel_tgt[:, None]).squeeze(-1)
                         ce = (torch.zeros(len(requests), device=device).index_add(0, sel_b, tok_nll) / n_tgt).mean()
