@@ -86,3 +86,29 @@ def test_adapter_on_real_models(name, family):
         logits = model(**enc).logits
     paris = tok(" Paris", add_special_tokens=False)["input_ids"][0]
     assert logits[0, -1].argmax().item() == paris  # each packaged model knows this fact
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replay_below_gives_the_same_logits_and_gradients(family):
+    """Blocks below the layer replay their output: same logits and same gradient for a change at
+    the layer, and the original blocks (with their hooks) are back afterwards."""
+    model = tiny_model(family)
+    ad = ModelAdapter(model)
+    ids = torch.tensor([[5, 17, 3, 99, 42, 7], [8, 9, 10, 11, 1, 1]])
+    att = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    v = torch.zeros(H, requires_grad=True)
+    h = ad.block(L - 1).register_forward_hook(
+        lambda m, i, o: (o[0] + v,) + tuple(o[1:]) if isinstance(o, tuple) else o + v)
+    try:
+        full = model(input_ids=ids, attention_mask=att).logits
+        g_full, = torch.autograd.grad(full[:, -1].logsumexp(-1).sum(), v)
+        blocks_before = [ad.block(i) for i in range(L)]
+        with ad.replay_below(L - 1, input_ids=ids, attention_mask=att):
+            assert ad.block(0) is not blocks_before[0]
+            part = model(input_ids=ids, attention_mask=att).logits
+            g_part, = torch.autograd.grad(part[:, -1].logsumexp(-1).sum(), v)
+        assert [ad.block(i) for i in range(L)] == blocks_before
+    finally:
+        h.remove()
+    torch.testing.assert_close(part, full)
+    torch.testing.assert_close(g_part, g_full)

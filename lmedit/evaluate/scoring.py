@@ -71,7 +71,7 @@ class LLScore:
         return self.logprob / self.n_tokens
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
     import inspect
 
     try:
@@ -90,7 +90,7 @@ def loglikelihood(model, tok, prompts: Sequence[str], targets: Sequence[str], ba
     logits at positions that predict target tokens are computed when the model takes `logits_to_keep`.
     """
     device = next(model.parameters()).device
-    slice_ok = _accepts_logits_to_keep(model)
+    slice_ok = accepts_logits_to_keep(model)
     max_len = context_length(model)
     rows: dict[tuple[int, ...], int] = {}  # token sequence -> row number
     row_plen: list[int] = []

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..requests import EditRequest
+from ..evaluate.scoring import accepts_logits_to_keep
 from ..tokens import PromptTargetBatch, batch_prompt_targets
 
 
@@ -50,13 +51,26 @@ def request_batch(tok, requests: Sequence[EditRequest], device) -> PromptTargetB
     return batch_prompt_targets(tok, [r.prompt for r in requests], [r.target_new for r in requests]).to(device)
 
 
-def target_nll(logits: torch.Tensor, batch: PromptTargetBatch) -> torch.Tensor:
-    """(B,) mean NLL of each request's target tokens (the logit at t-1 predicts token t)."""
+def target_nll(logits: torch.Tensor, batch: PromptTargetBatch, first: int = 0) -> torch.Tensor:
+    """(B,) mean NLL of each request's target tokens (the logit at t-1 predicts token t).
+    `logits` cover positions first, first+1, ... of the batch (see `target_logits`)."""
     logp = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
-    tgt = batch.input_ids[:, 1:]
-    mask = batch.target_mask[:, 1:].float()
+    tgt = batch.input_ids[:, first + 1:]
+    mask = batch.target_mask[:, first + 1:].float()
     nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
     return nll.sum(1) / mask.sum(1)
+
+
+def target_logits(model: nn.Module, batch: PromptTargetBatch) -> tuple[torch.Tensor, int]:
+    """(logits, first): the logits from the last prompt token of the shortest prompt on (all that
+    target_nll needs), computed only there when the model takes `logits_to_keep`."""
+    first = int(batch.prompt_lens.min()) - 1
+    width = batch.input_ids.shape[1]
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = torch.arange(first, width, device=batch.input_ids.device)
+        return model(**kwargs).logits, first
+    return model(**kwargs).logits[:, first:], first
 
 
 def fit_targets(model: nn.Module, batch: PromptTargetBatch, params, lr: float, num_steps: int,
@@ -66,8 +80,8 @@ def fit_targets(model: nn.Module, batch: PromptTargetBatch, params, lr: float, n
     opt = torch.optim.Adam(params, lr=lr)
     for _ in range(num_steps):
         opt.zero_grad()
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        loss = target_nll(logits, batch).mean()
+        logits, first = target_logits(model, batch)
+        loss = target_nll(logits, batch, first).mean()
         if loss.item() < stop_loss:
             break
         loss.backward()

@@ -15,6 +15,7 @@ import torch
 
 from ..hparams import HParams
 from ..tokens import batch_prompt_targets
+from ._memory import target_logits, target_nll
 from .base import WeightEditingMethod
 from .registry import register
 
@@ -41,18 +42,13 @@ class FTHparams(HParams):
 
 def ft_loss(model, batch, objective: str) -> torch.Tensor:
     """Mean over requests of the mean target-token NLL under the chosen objective."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logits, first = target_logits(model, batch)  # positions first.. only
     if objective == "target":
-        # position t-1 predicts token t
-        pred = logp[:, :-1]
-        tgt = batch.input_ids[:, 1:]
-        mask = batch.target_mask[:, 1:].float()
-        nll = -pred.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
-        return (nll.sum(1) / mask.sum(1)).mean()
+        return target_nll(logits, batch, first).mean()
     # prompt_last: the last prompt position should put mass on every target token
+    logp = torch.log_softmax(logits.float(), dim=-1)
     rows = torch.arange(len(batch.targets), device=logp.device)
-    last = logp[rows, batch.prompt_lens - 1]  # (B, V)
+    last = logp[rows, batch.prompt_lens - 1 - first]  # (B, V)
     losses = [-last[i, torch.tensor(t, device=logp.device)].mean() for i, t in enumerate(batch.targets)]
     return torch.stack(losses).mean()
 
@@ -74,16 +70,20 @@ class _FineTune(WeightEditingMethod):
                                  [r.target_new for r in requests[i:i + hp.batch_size]]).to(device)
             for i in range(0, len(requests), hp.batch_size)
         ]
+        # the blocks below the lowest tuned layer compute the same thing at every step
+        replays = [adapter.replay_below(min(hp.layers, key=lambda l: l % adapter.n_layers),
+                                        input_ids=b.input_ids, attention_mask=b.attention_mask) for b in batches]
         try:
             for n, p in model.named_parameters():
                 p.requires_grad_(n in names)
             opt = torch.optim.Adam(list(params.values()), lr=hp.lr, weight_decay=hp.weight_decay)
             for _ in range(hp.num_steps):
                 total = 0.0
-                for batch in batches:
+                for batch, replay in zip(batches, replays):
                     opt.zero_grad()
-                    loss = ft_loss(model, batch, hp.objective)
-                    loss.backward()
+                    with replay:
+                        loss = ft_loss(model, batch, hp.objective)
+                        loss.backward()
                     opt.step()
                     total += loss.item() * len(batch.targets)
                     if originals:

@@ -47,9 +47,9 @@ from .registry import register
 class GraceHparams(HParams):
     layer: int = field(default=20, metadata={"help": "layer whose MLP output projection carries the codebook"})
     eps_init: float = field(default=3.0, metadata={"help": "initial deferral radius of a new key (L2, in the projection's input space)"})
-    lr: float = field(default=0.5, metadata={"help": "Adam learning rate for the value vectors"})
+    lr: float = field(default=2.0, metadata={"help": "Adam learning rate for the value vectors"})
     num_steps: int = field(default=40, metadata={"help": "optimisation steps per edit"})
-    stop_loss: float = field(default=0.02, metadata={"help": "stop early once the mean target NLL is below this"})
+    stop_loss: float = field(default=0.1, metadata={"help": "stop early once the mean target NLL is below this"})
     value_init: str = field(default="output", metadata={"help": "'output' (the layer's original output at the key) or 'zeros'"})
 
     def validate(self):
@@ -190,7 +190,7 @@ class Grace(EditMethod):
         adaptor = self.install(model, path)
         handle = GraceHandle(self, model, adaptor, [])
         try:
-            keys, values = self._train_values(model, tok, adaptor, requests, hp)
+            keys, values = self._train_values(model, tok, adapter, adaptor, requests, hp)
             if not torch.isfinite(values).all():
                 raise EditFailed("grace produced non-finite values; the model was restored")
             for r, k, v in zip(requests, keys, values):
@@ -200,7 +200,7 @@ class Grace(EditMethod):
             raise
         return handle
 
-    def _train_values(self, model, tok, adaptor: GraceAdaptor, requests, hp: GraceHparams):
+    def _train_values(self, model, tok, adapter, adaptor: GraceAdaptor, requests, hp: GraceHparams):
         batch = request_batch(tok, requests, model_device(model))
         pos = prompt_last_positions(batch)
         rows = torch.arange(len(requests))
@@ -219,8 +219,9 @@ class Grace(EditMethod):
         init = captured["y"][rows, pos].float().clone() if hp.value_init == "output" else \
             torch.zeros_like(captured["y"][rows, pos], dtype=torch.float32)
         values = nn.Parameter(init)
-        with frozen(model):
-            try:
+        with frozen(model), adapter.replay_below(hp.layer, input_ids=batch.input_ids,
+                                                  attention_mask=batch.attention_mask):
+            try:  # the blocks below the codebook's layer do not change while the value is trained
                 adaptor._train = (pos, values)
                 fit_targets(model, batch, [values], hp.lr, hp.num_steps, hp.stop_loss)
             finally:

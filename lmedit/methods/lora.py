@@ -140,7 +140,7 @@ class Lora(EditMethod):
         handle = LoraHandle(self, session, name)
         try:
             self._before_training(model, tok, adapter, session, name, requests, hp)
-            self._train(model, tok, session, name, requests, hp)
+            self._train(model, tok, adapter, session, name, requests, hp)
         except BaseException:
             handle.restore()
             raise
@@ -152,7 +152,11 @@ class Lora(EditMethod):
     def _before_training(self, model, tok, adapter, session: _Session, name: str, requests, hp) -> None:
         """Hook for subclasses (MELO registers the new adapter with its router here)."""
 
-    def _train(self, model, tok, session: _Session, name: str, requests, hp: LoraHparams) -> None:
+    def _replay_layer(self, hp) -> int:
+        """Blocks below this layer are unchanged by training (MELO also needs its router's block)."""
+        return min(hp.layers)
+
+    def _train(self, model, tok, adapter, session: _Session, name: str, requests, hp: LoraHparams) -> None:
         params = self.adapter_params(model, name)
         if not params:
             raise EditFailed(f"{self.name}: no LoRA parameters were created for {hp.layers}")
@@ -161,7 +165,9 @@ class Lora(EditMethod):
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        fit_targets(model, batch, params, hp.lr, hp.num_steps, hp.stop_loss)
+        with adapter.replay_below(self._replay_layer(hp), input_ids=batch.input_ids,
+                                  attention_mask=batch.attention_mask):
+            fit_targets(model, batch, params, hp.lr, hp.num_steps, hp.stop_loss)
         for p in params:
             p.grad = None
         if not all(torch.isfinite(p).all() for p in params):

@@ -129,6 +129,9 @@ class Melo(Lora):
                 lora_b[name].register_forward_hook(router.gate_hook(name))
         router.keys[name] = self._keys(model, tok, router, requests)
 
+    def _replay_layer(self, hp: MeloHparams) -> int:
+        return min(hp.router_layer, *hp.layers)  # the router's hook on its block must still run
+
     @torch.no_grad()
     def _keys(self, model, tok, router: Router, requests) -> torch.Tensor:
         batch = request_batch(tok, requests, model_device(model))

@@ -42,7 +42,8 @@ from torch import nn
 from ..hparams import HParams
 from ..requests import EditRequest
 from ..tokens import encode_prompt
-from ._memory import ForwardingWrapper, frozen, model_device, request_batch, swap_module, target_nll
+from ._memory import (ForwardingWrapper, frozen, model_device, request_batch, swap_module, target_logits,
+                      target_nll)
 from .base import EditFailed, EditHandle, EditMethod
 from .registry import register
 
@@ -264,15 +265,16 @@ class Wise(EditMethod):
         mask = (torch.rand(W.shape, generator=gen) < hp.mask_ratio).to(device=device, dtype=torch.float32)
         p = nn.Parameter(torch.zeros_like(start))
         opt = torch.optim.Adam([p], lr=hp.lr)
-        with frozen(model):
-            try:
+        with frozen(model), adapter.replay_below(hp.layer, input_ids=batch.input_ids,
+                                                  attention_mask=batch.attention_mask):
+            try:  # nothing below the side memory's layer changes while it is trained
                 for _ in range(hp.num_steps):
                     opt.zero_grad()
                     delta = start + mask * p
                     wrapper._train = (delta, pos)
-                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                    logits, first = target_logits(model, batch)
                     wrapper._train = None
-                    ce = target_nll(logits, batch).mean()
+                    ce = target_nll(logits, batch, first).mean()
                     s_edit = wrapper.scores(delta, edit_acts)
                     s_irr = wrapper.scores(delta, irr_acts)
                     margin = (torch.relu(s_irr - hp.alpha).mean() + torch.relu(hp.beta - s_edit).mean()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .hooks import ReplayLowerBlocks
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -116,6 +118,11 @@ class ModelAdapter:
 
     def unembed(self) -> nn.Module:
         return self.module(self.spec.unembed)
+
+    def replay_below(self, layer: int, **inputs) -> ReplayLowerBlocks:
+        """Context in which blocks 0..layer-1 replay their output for exactly these model inputs
+        (for optimisation loops that change nothing below `layer`; see ReplayLowerBlocks)."""
+        return ReplayLowerBlocks(self.model, self.module(self.spec.layers), self._check_layer(layer), **inputs)
 
     # --- weights as (out, in) matrices ---------------------------------------------------
     def mlp_out_weight(self, layer: int) -> nn.Parameter:

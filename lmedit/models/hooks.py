@@ -67,3 +67,79 @@ class Trace:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _Replay(nn.Module):
+    """Stands in for a block: returns what the real block stack produced, whatever it is given."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+def _detached(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, tuple):
+        return tuple(_detached(v) for v in x)
+    return x
+
+
+class ReplayLowerBlocks:
+    """Skip the blocks below `layer` while the same inputs are run again and again.
+
+    Optimisation loops that change only things at or above `layer` (a codebook value, a side
+    memory, a LoRA adapter, one block's weights) feed the same batch to the model on every step, so
+    blocks 0..layer-1 compute the same output every time. On entry the model runs once with the
+    given inputs and keeps what block `layer - 1` returned; inside the `with`, blocks 0..layer-1 are
+    stand-ins that return it (every stand-in returns the same object, so the model's own loop over
+    its blocks sees the format it expects). The original block objects are put back on exit.
+
+    Only valid for calls with exactly the inputs given here: the stand-ins ignore their input. The
+    output is captured on the first entry; entering again (a loop over several fixed batches, one
+    replay each) reuses it. Hooks on the replaced blocks do not run inside the `with`.
+    """
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList, layer: int, **inputs):
+        self.model, self.blocks, self.layer, self.inputs = model, blocks, layer, inputs
+        self._originals: list[nn.Module] = []
+        self._replay: _Replay | None = None
+
+    def __enter__(self) -> "ReplayLowerBlocks":
+        if self.layer <= 0:
+            return self
+        if self._replay is None:
+            self._replay = self._capture()
+        self._originals = [self.blocks[i] for i in range(self.layer)]
+        for i in range(self.layer):
+            self.blocks[i] = self._replay
+        return self
+
+    def _capture(self) -> _Replay:
+        captured = {}
+
+        def grab(_m, _inputs, output):
+            captured["out"] = _detached(output)
+            raise _StopForward  # nothing above this block is needed (or may be ready to run yet)
+
+        h = self.blocks[self.layer - 1].register_forward_hook(grab)
+        try:
+            with torch.no_grad():
+                self.model(**self.inputs)
+        except _StopForward:
+            pass
+        finally:
+            h.remove()
+        return _Replay(captured["out"])
+
+    def __exit__(self, *exc) -> None:
+        for i, block in enumerate(self._originals):
+            self.blocks[i] = block
+        self._originals = []
