@@ -28,6 +28,7 @@ class RunConfig:
     seed: int = 0
     generation: bool = True  # generation-based metrics (slower)
     max_new_tokens: int = 24
+    cf_scores: bool = True  # CounterFact ES/PS/NS too (3 more scored pairs per case with a target_true)
     general_tasks: list[str] = field(default_factory=list)  # general-ability tasks before and at checkpoints
     general_n: int = 50
     skip_invalid: bool = False

@@ -102,7 +102,7 @@ def _seed(seed: int) -> None:
 
 
 def _eval_cfg(cfg: RunConfig) -> EvalConfig:
-    return EvalConfig(generation=cfg.generation, max_new_tokens=cfg.max_new_tokens)
+    return EvalConfig(generation=cfg.generation, max_new_tokens=cfg.max_new_tokens, counterfact=cfg.cf_scores)
 
 
 def _row(index: int, req, pre_obs, post_obs, seconds: float) -> dict[str, Any]:

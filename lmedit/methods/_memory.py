@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..requests import EditRequest
-from ..evaluate.scoring import accepts_logits_to_keep
+from ..evaluate.scoring import target_logits  # noqa: F401  (re-exported for the methods)
 from ..tokens import PromptTargetBatch, batch_prompt_targets
 
 
@@ -59,18 +59,6 @@ def target_nll(logits: torch.Tensor, batch: PromptTargetBatch, first: int = 0) -
     mask = batch.target_mask[:, first + 1:].float()
     nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
     return nll.sum(1) / mask.sum(1)
-
-
-def target_logits(model: nn.Module, batch: PromptTargetBatch) -> tuple[torch.Tensor, int]:
-    """(logits, first): the logits from the last prompt token of the shortest prompt on (all that
-    target_nll needs), computed only there when the model takes `logits_to_keep`."""
-    first = int(batch.prompt_lens.min()) - 1
-    width = batch.input_ids.shape[1]
-    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    if accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = torch.arange(first, width, device=batch.input_ids.device)
-        return model(**kwargs).logits, first
-    return model(**kwargs).logits[:, first:], first
 
 
 def fit_targets(model: nn.Module, batch: PromptTargetBatch, params, lr: float, num_steps: int,
