@@ -65,6 +65,12 @@ def test_sequential_interrupted_then_resumed_loses_nothing(tmp_path, monkeypatch
     assert calls["n"] == 5  # edits 3 and 4 only: the first two came back from the saved state
     assert s["complete"] and [r["edits"] for r in s["checkpoints"]] == [2, 4]
     assert [r["index"] for r in case_rows(tmp_path / "s")] == [0, 1, 2, 3]
+    # per-edit scores at both checkpoints -> the first cohort (edits 1-2) is followed to the end
+    assert [r["edits"] for r in read_jsonl(tmp_path / "s" / "checkpoint_cases.jsonl")] == [2, 4]
+    first = s["retention"]["tf_reliability"][0]
+    assert first["cohort"] == [1, 2] and first["at"] == [2, 4]
+    assert "## Forgetting" in (tmp_path / "s" / "report.md").read_text()
+    assert (tmp_path / "s" / "plots" / "retention_tf_reliability.png").is_file()
 
 
 def test_sequential_memory_method_with_checkpoints_restarts_on_resume(tmp_path, monkeypatch):
@@ -145,3 +151,14 @@ def test_ray_shards_on_a_local_ray_instance(tmp_path):
     finally:
         ray.shutdown()
     assert s["complete"] and [r["index"] for r in case_rows(tmp_path / "ray")] == [0, 1]
+
+
+def test_retention_follows_each_cohort_to_later_checkpoints():
+    from lmedit.bench.report import retention
+
+    cc = [{"edits": 1, "scores": {"0": {"tf_reliability": 1.0}}},
+          {"edits": 3, "scores": {"0": {"tf_reliability": 0.5}, "1": {"tf_reliability": 1.0},
+                                  "2": {"tf_reliability": 0.0}}}]
+    rows = retention(cc)
+    assert rows == [{"cohort": [1, 1], "at": [1, 3], "score": [1.0, 0.5]},
+                    {"cohort": [2, 3], "at": [3], "score": [0.5]}]

@@ -29,7 +29,32 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
         "checkpoints": read_jsonl(run_dir / "checkpoints.jsonl"),
         "general": read_jsonl(run_dir / "general.jsonl"),
     }
+    cc = read_jsonl(run_dir / "checkpoint_cases.jsonl")
+    summary["retention"] = {m: retention(cc, m) for m in ("tf_reliability", "gen_reliability")} if cc else {}
     return summary
+
+
+def retention(checkpoint_cases: Sequence[dict[str, Any]], metric: str = "tf_reliability") -> list[dict[str, Any]]:
+    """Forgetting by cohort: the edits made between two checkpoints form a cohort; its mean `metric` at
+    its own checkpoint and at every later one. Rows: {"cohort": [first, last] edit numbers (1-based),
+    "at": [edits...], "score": [...]}."""
+    rows = sorted(checkpoint_cases, key=lambda r: r["edits"])
+    out, prev = [], 0
+    for cp in rows:
+        members = [str(i) for i in range(prev, cp["edits"])]
+        at, score = [], []
+        for later in rows:
+            if later["edits"] < cp["edits"]:
+                continue
+            vals = [later["scores"][m].get(metric) for m in members if m in later["scores"]]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                at.append(later["edits"])
+                score.append(sum(vals) / len(vals))
+        if at:
+            out.append({"cohort": [prev + 1, cp["edits"]], "at": at, "score": score})
+        prev = cp["edits"]
+    return out
 
 
 def _fmt(v) -> str:
@@ -66,6 +91,23 @@ def _plots(run_dir: Path, s: dict[str, Any]) -> list[str]:
             fig.savefig(plots / name, dpi=100)
             plt.close(fig)
             made.append(f"plots/{name}")
+    for metric, cohorts in s.get("retention", {}).items():
+        if not any(len(c["at"]) > 1 for c in cohorts):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for c in cohorts:
+            ax.plot(c["at"], c["score"], marker="o", label=f"edits {c['cohort'][0]}-{c['cohort'][1]}")
+        ax.set_xscale("log")
+        ax.set_xlabel("number of edits made (sequential)")
+        ax.set_ylabel(f"{metric} of the cohort")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{s['config']['method']}: how earlier edits hold up ({metric})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"retention_{metric}.png"
+        fig.savefig(plots / name, dpi=100)
+        plt.close(fig)
+        made.append(f"plots/{name}")
     gen = s["general"]
     if len(gen) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -125,6 +167,14 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
                   "| edits | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
         for cp in s["checkpoints"]:
             lines.append(f"| {cp['edits']} | " + " | ".join(_fmt(cp["summary"].get(k)) for k in keys) + " |")
+    cohorts = s.get("retention", {}).get("tf_reliability", [])
+    if any(len(co["at"]) > 1 for co in cohorts):
+        ats = sorted({a for co in cohorts for a in co["at"]})
+        lines += ["", "## Forgetting: tf_reliability of each cohort of edits as later edits arrive", "",
+                  "| cohort (edits) | " + " | ".join(f"at {a}" for a in ats) + " |", "|" + " --- |" * (len(ats) + 1)]
+        for co in cohorts:
+            by = dict(zip(co["at"], co["score"]))
+            lines.append(f"| {co['cohort'][0]}-{co['cohort'][1]} | " + " | ".join(_fmt(by.get(a)) for a in ats) + " |")
     if s["general"]:
         tasks = list(s["general"][0]["results"])
         lines += ["", f"## General ability (accuracy, {c['general_n']} examples per task)", "",

@@ -36,6 +36,10 @@ class RunError(RuntimeError):
     pass
 
 
+# per-edit scores kept at every sequential checkpoint (checkpoint_cases.jsonl) for retention curves
+RETENTION_METRICS = ("tf_reliability", "tf_generalization", "tf_locality", "gen_reliability", "cf_es")
+
+
 # --- files ----------------------------------------------------------------------------------
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -203,7 +207,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
     if done:
         log.info("resuming after %d edits", done)
     else:  # starting (or restarting) the sequence: checkpoints of an earlier attempt no longer apply
-        for stale in ("checkpoints.jsonl", "general.jsonl"):
+        for stale in ("checkpoints.jsonl", "checkpoint_cases.jsonl", "general.jsonl"):
             rows = [r for r in read_jsonl(run_dir / stale) if r.get("edits", 0) == 0]
             if (run_dir / stale).is_file():
                 (run_dir / stale).unlink()
@@ -230,6 +234,9 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
 
         append_jsonl(run_dir / "checkpoints.jsonl", {"edits": done, "summary": summarize(rows),
                                                       "edit_seconds": round(seconds, 3)})
+        # every edit's own scores at this checkpoint: how earlier edits fare as later ones arrive
+        append_jsonl(run_dir / "checkpoint_cases.jsonl", {"edits": done, "scores": {
+            str(i): {k: v for k, v in r.items() if k in RETENTION_METRICS} for i, r in zip(edited, rows)}})
         if general is not None:
             append_jsonl(run_dir / "general.jsonl", {"edits": done, "results": general()})
         if done == total:
