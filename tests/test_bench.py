@@ -41,6 +41,11 @@ def test_batch_protocol_and_compare(tmp_path):
     assert s["cases_done"] == 3
     rows = compare([tmp_path / "b", tmp_path / "b"])
     assert rows[0][0] == "metric" and any(r[0] == "tf_reliability" for r in rows)
+    from lmedit.bench.report import table
+
+    md = table([tmp_path / "b"])
+    assert "### counterfact-edit on smollm2-135m" in md and "| ft-m | batch (B=2) | 3 | " in md
+    assert "Edit Succ." in md and "Fluency" not in md  # no generation in this run: no fluency column
 
 
 def test_sequential_interrupted_then_resumed_loses_nothing(tmp_path, monkeypatch):

@@ -89,6 +89,17 @@ def report_cmd(run_dir: Path):
     console.print((run_dir / "report.md").read_text())
 
 
+@bench_app.command("table")
+def table_cmd(run_dirs: List[Path]):
+    """KnowEdit-style Markdown tables (scores x 100; fluency as entropy), one per model and dataset:
+
+    lmedit bench table runs/*-knowedit-zsre
+    """
+    from .report import table
+
+    print(table(run_dirs))
+
+
 @bench_app.command("compare")
 def compare_cmd(run_dirs: List[Path], as_json: bool = typer.Option(False, "--json")):
     """Side-by-side post-edit scores of several runs."""

@@ -202,3 +202,36 @@ def compare(run_dirs: Sequence[str | Path]) -> list[list[str]]:
             if any(s["post"].get(k) is not None for s in sums):
                 rows.append([k] + [_fmt(s["post"].get(k)) for s in sums])
     return rows
+
+
+# KnowEdit-style columns (Zhang et al. 2024): teacher-forced Edit Succ. / Portability / Locality and
+# Fluency, plus the generation-based reliability that shows what a user would see.
+TABLE_COLUMNS = [("Edit Succ.", "tf_reliability"), ("Generalization", "tf_generalization"),
+                 ("Portability", "tf_portability"), ("Locality", "tf_locality"), ("Fluency", "fluency"),
+                 ("Gen. reliability", "gen_reliability")]
+
+
+def table(run_dirs: Sequence[str | Path]) -> str:
+    """Markdown: one table per (model, dataset), one row per run (method, protocol, cases)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for d in run_dirs:
+        f = Path(d) / "summary.json"
+        s = json.loads(f.read_text()) if f.is_file() else write_report(d)
+        groups.setdefault((s["config"]["model"], s["config"]["dataset"]), []).append(s)
+    out = []
+    for (model, dataset), sums in groups.items():
+        cols = [(h, k) for h, k in TABLE_COLUMNS if any(s["post"].get(k) is not None for s in sums)]
+        out += [f"### {dataset} on {model}", "",
+                "| method | protocol | cases | " + " | ".join(h for h, _ in cols) + " |",
+                "|" + " --- |" * (len(cols) + 3)]
+        for s in sums:
+            c = s["config"]
+            proto = c["protocol"] + (f" (B={c['batch_size']})" if c["protocol"] != "single" else "")
+            cases = f"{s['cases_done']}" + ("" if s["complete"] else f" of {s['dataset']['cases']}")
+            vals = []
+            for _, k in cols:
+                v = s["post"].get(k)
+                vals.append("-" if v is None else (f"{v:.2f}" if k == "fluency" else f"{100 * v:.1f}"))
+            out.append(f"| {c['method']} | {proto} | {cases} | " + " | ".join(vals) + " |")
+        out.append("")
+    return "\n".join(out)
