@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..hparams import HParams
+from ..models.hooks import forward_until
 from ..requests import EditRequest
 from ._memory import (ForwardingWrapper, fit_targets, frozen, model_device, prompt_last_positions, request_batch,
                       swap_module)
@@ -212,7 +213,7 @@ class Grace(EditMethod):
         h = adaptor.base.register_forward_hook(grab)
         try:
             with torch.no_grad():
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                forward_until(model, [adaptor.path], input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         finally:
             h.remove()
         keys = captured["x"][rows, pos].float().clone()

@@ -36,7 +36,7 @@ import torch
 
 from ..hparams import HParams
 from ..models.adapters import ModelAdapter
-from ..models.hooks import Trace
+from ..models.hooks import Trace, forward_until
 from ..requests import EditRequest
 from ..tokens import encode_target, right_pad
 
@@ -125,7 +125,7 @@ def read_at_subject(model, rows: Rows, inputs: Sequence[str] = (), outputs: Sequ
         att = rows.attention_mask[a:a + batch_size].to(dev)
         pos = rows.subj_pos[a:a + batch_size].to(dev)
         with Trace(model, list(inputs), keep_input=True) as ti, Trace(model, list(outputs), keep_output=True) as to:
-            model(input_ids=ids, attention_mask=att)
+            forward_until(model, [*inputs, *outputs], input_ids=ids, attention_mask=att)  # no block above them
         idx = torch.arange(len(pos), device=dev)
         for p in inputs:
             out[("input", p)].append(ti[p].input[idx, pos].float())

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..hparams import HParams
+from ..models.hooks import forward_until
 from ..requests import EditRequest
 from ..tokens import encode_prompt
 from ._memory import (ForwardingWrapper, frozen, model_device, request_batch, swap_module, target_logits,
@@ -200,7 +201,7 @@ def _acts(model, tok, module: nn.Module, texts: Sequence[str], device) -> list[t
         with torch.no_grad():
             for t in texts:
                 ids = torch.tensor([encode_prompt(tok, t)], device=device)
-                model(input_ids=ids)
+                forward_until(model, [module], input_ids=ids)
     finally:
         h.remove()
     return out
@@ -246,7 +247,7 @@ class Wise(EditMethod):
         h = wrapper.base.register_forward_hook(grab)
         try:
             with torch.no_grad():
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                forward_until(model, [wrapper.base], input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         finally:
             h.remove()
         edit_acts = acts["x"][pos]  # (N, in)

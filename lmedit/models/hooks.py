@@ -10,7 +10,7 @@ methods insert a vector into the residual stream while optimising it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -73,6 +73,30 @@ class _StopForward(Exception):
     pass
 
 
+def forward_until(model: nn.Module, modules: Sequence[str | nn.Module], **inputs) -> None:
+    """Run the model only until every one of `modules` (paths or module objects) has run, then stop:
+    the blocks above are skipped. Hooks registered earlier on those modules (a Trace) still see
+    their inputs/outputs."""
+    mods = {id(m): m for m in (model.get_submodule(x) if isinstance(x, str) else x for x in modules)}
+    pending = set(mods)
+
+    def seen(key: int):
+        def hook(_m, _inputs, _output):
+            pending.discard(key)
+            if not pending:
+                raise _StopForward
+        return hook
+
+    handles = [m.register_forward_hook(seen(k)) for k, m in mods.items()]
+    try:
+        model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class _Replay(nn.Module):
     """Stands in for a block: returns what the real block stack produced, whatever it is given."""
 
@@ -127,14 +151,12 @@ class ReplayLowerBlocks:
 
         def grab(_m, _inputs, output):
             captured["out"] = _detached(output)
-            raise _StopForward  # nothing above this block is needed (or may be ready to run yet)
 
-        h = self.blocks[self.layer - 1].register_forward_hook(grab)
-        try:
+        block = self.blocks[self.layer - 1]
+        h = block.register_forward_hook(grab)
+        try:  # nothing above this block is needed (or may be ready to run yet)
             with torch.no_grad():
-                self.model(**self.inputs)
-        except _StopForward:
-            pass
+                forward_until(self.model, [block], **self.inputs)
         finally:
             h.remove()
         return _Replay(captured["out"])

@@ -49,10 +49,6 @@ _ACCUM = {"float64": torch.float64, "float32": torch.float32}
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital of France.\n1234"
 
 
-class _StopForward(Exception):
-    """Raised by a hook once the deepest requested layer has been seen: the rest is not needed."""
-
-
 # --- fingerprints and cache paths --------------------------------------------------------------
 def _sha(obj) -> str:
     data = obj if isinstance(obj, bytes) else json.dumps(obj, sort_keys=True, default=str).encode()
@@ -208,20 +204,16 @@ def _collect(model, tok, adapter, layers: list[int], corpus: Corpus, n_tokens: i
     """One pass over the corpus: (sum over tokens of k kᵀ per layer, number of tokens)."""
     from tqdm.auto import tqdm
 
-    from ..models.hooks import Trace
+    from ..models.hooks import Trace, forward_until
 
     device = next(model.parameters()).device
     acc_device = torch.device("cpu") if device.type == "mps" and accum_dtype == "float64" else device
     dt = _ACCUM[accum_dtype]
     names = {layer: adapter.mlp_out_path(layer) for layer in layers}
-    deepest = names[max(layers)]
     sums: dict[int, torch.Tensor | None] = {layer: None for layer in layers}
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     count = 0
     chunks = iter_token_chunks(tok, corpus, max_len=chunk_length(model), n_tokens=n_tokens)
-
-    def stop(module, inputs, output):
-        raise _StopForward
 
     was_training = model.training
     model.eval()
@@ -229,30 +221,24 @@ def _collect(model, tok, adapter, layers: list[int], corpus: Corpus, n_tokens: i
                disable=not progress, dynamic_ncols=True)
     try:
         with torch.no_grad(), Trace(model, list(names.values()), keep_input=True) as tr:
-            handle = model.get_submodule(deepest).register_forward_hook(stop)  # runs after Trace's hook
-            try:
-                for batch in _batches(chunks, batch_tokens):
-                    ids, att = right_pad(batch, pad)
-                    ids, att = ids.to(device), att.to(device)
-                    try:
-                        model(input_ids=ids, attention_mask=att, use_cache=False)
-                    except _StopForward:
-                        pass
-                    mask = att.bool()
-                    n = int(mask.sum())
-                    for layer, name in names.items():
-                        k = tr[name].input
-                        if k is None:
-                            raise RuntimeError(f"no input captured at {name}")
-                        k = k[mask].to(device=acc_device, dtype=dt)  # (n, d_in), real tokens only
-                        if sums[layer] is None:
-                            sums[layer] = torch.zeros((k.shape[1], k.shape[1]), dtype=dt, device=acc_device)
-                        sums[layer].addmm_(k.T, k)
-                        tr[name].input = None
-                    count += n
-                    bar.update(n)
-            finally:
-                handle.remove()
+            for batch in _batches(chunks, batch_tokens):
+                ids, att = right_pad(batch, pad)
+                ids, att = ids.to(device), att.to(device)
+                # the blocks above the deepest requested layer are not run
+                forward_until(model, list(names.values()), input_ids=ids, attention_mask=att, use_cache=False)
+                mask = att.bool()
+                n = int(mask.sum())
+                for layer, name in names.items():
+                    k = tr[name].input
+                    if k is None:
+                        raise RuntimeError(f"no input captured at {name}")
+                    k = k[mask].to(device=acc_device, dtype=dt)  # (n, d_in), real tokens only
+                    if sums[layer] is None:
+                        sums[layer] = torch.zeros((k.shape[1], k.shape[1]), dtype=dt, device=acc_device)
+                    sums[layer].addmm_(k.T, k)
+                    tr[name].input = None
+                count += n
+                bar.update(n)
     finally:
         bar.close()
         model.train(was_training)

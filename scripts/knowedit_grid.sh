@@ -1,0 +1,39 @@
+#!/bin/bash
+# The KnowEdit-style table of issue 5: every method on the six KnowEdit subsets (SmolLM2-135M) and on
+# ZsRE + WikiData_counterfact (Qwen2.5-0.5B), single edits, N cases each. Every cell is its own run
+# directory under $RUNS; a finished cell is skipped, an interrupted one resumes, so the grid can be
+# filled over several sessions (or machines sharing $RUNS). The table is printed at the end:
+#
+#   bash scripts/knowedit_grid.sh                      # everything (days of CPU on 2 cores)
+#   METHODS="ft-m rome" SUBSETS="zsre" bash scripts/knowedit_grid.sh
+#   lmedit bench table runs/knowedit/*                 # the table of what is finished so far
+set -euo pipefail
+LMEDIT=${LMEDIT:-.venv/bin/lmedit}
+RUNS=${RUNS:-runs/knowedit}
+N=${N:-100}
+WORKERS=${WORKERS:-1}
+METHODS=${METHODS:-"ft-l ft-m rome r-rome memit pmet emmet alphaedit grace wise melo t-patcher lora ike memprompt serac"}
+SUBSETS=${SUBSETS:-"zsre wiki-recent wiki-counterfact wikibio-test convsent-test sanitation-test"}
+QWEN_SUBSETS=${QWEN_SUBSETS:-"zsre wiki-counterfact"}
+MODELS=${MODELS:-"smollm2-135m qwen2.5-0.5b"}
+export HF_HUB_OFFLINE=1
+
+cell() {  # model subset method
+  local out="$RUNS/$1-$2-$3"
+  if [ -f "$out/summary.json" ] && grep -q '"complete": true' "$out/summary.json"; then return; fi
+  local resume=""
+  [ -f "$out/config.json" ] && resume="--resume"
+  "$LMEDIT" bench run --out "$out" --model "$1" --method "$3" --dataset "knowedit-$2" --n "$N" \
+      --protocol single --workers "$WORKERS" $resume || echo "FAILED: $out" >&2
+}
+
+for model in $MODELS; do
+  subsets=$SUBSETS
+  [ "$model" != smollm2-135m ] && subsets=$QWEN_SUBSETS
+  for subset in $subsets; do
+    for method in $METHODS; do
+      cell "$model" "$subset" "$method"
+    done
+  done
+done
+"$LMEDIT" bench table "$RUNS"/*
