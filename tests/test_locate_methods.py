@@ -82,6 +82,10 @@ def test_batched_and_serial_targets_agree(smol_tok):
     assert torch.allclose(batched.losses, torch.cat([s.losses for s in serial]), atol=1e-8)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+    # the blocks below the site's layer replayed instead of recomputed: the same targets
+    replayed = locate.optimise_targets(model, smol_tok, REQS, site, adapter=ad, layer=TINY_LAYER, **kw)
+    assert torch.allclose(replayed.deltas[site[0].path], d_b, atol=1e-9)
+    assert dict(model.named_parameters()).keys() == before.keys()
 
 
 def test_early_stop_freezes_a_request(smol_tok):

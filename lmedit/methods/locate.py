@@ -28,6 +28,7 @@ Three things:
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -245,11 +246,14 @@ def _out_features(m) -> int:
 def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequence[Site], *,
                      prefixes: Sequence[str] = DEFAULT_PREFIXES, lr: float = 0.5, steps: int = 20,
                      kl_factor: float = 0.0625, weight_decay: float = 1e-3, clamp_norm_factor: float = 4.0,
-                     stop_loss: float = 5e-2) -> TargetResult:
+                     stop_loss: float = 5e-2, adapter: ModelAdapter | None = None,
+                     layer: int | None = None) -> TargetResult:
     """Optimise one δ per request and site, all requests in one padded forward/backward per step.
 
     See the module docstring for the loss. Model parameters are not changed (their requires_grad flags
-    are restored). Returns float32 tensors on the model's device.
+    are restored). Returns float32 tensors on the model's device. With `adapter` and `layer` (the block
+    that holds every site), the blocks below `layer` run once, not at every step (their output does
+    not depend on δ).
     """
     n = len(requests)
     dev = _device(model)
@@ -288,48 +292,51 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
     ref: dict[str, torch.Tensor] = {}
     kl_init = None
     loss_i = nll_i = torch.zeros(n, device=dev)
+    replay = (adapter.replay_below(layer, input_ids=rows.input_ids, attention_mask=rows.attention_mask)
+              if adapter is not None and layer is not None else contextlib.nullcontext())
     try:
         for p in model.parameters():
             p.requires_grad_(False)
-        for step in range(steps + 1):
-            with torch.enable_grad(), Trace(model, [s.path for s in sites], edit_output=add_delta, detach=False):
-                if step == 0:
-                    blocks = [s.block for s in sites if s.norm_ref == "residual"]
-                    with Trace(model, [s.path for s in sites] + blocks, keep_output=True) as cap:
-                        logp = _scored_logprobs(model, rows, sel)
-                    bare = ~is_kl & (torch.arange(B, device=dev) % n_ctx == 0)
+        with replay:
+            for step in range(steps + 1):
+                with torch.enable_grad(), Trace(model, [s.path for s in sites], edit_output=add_delta, detach=False):
+                    if step == 0:
+                        blocks = [s.block for s in sites if s.norm_ref == "residual"]
+                        with Trace(model, [s.path for s in sites] + blocks, keep_output=True) as cap:
+                            logp = _scored_logprobs(model, rows, sel)
+                        bare = ~is_kl & (torch.arange(B, device=dev) % n_ctx == 0)
+                        for s in sites:
+                            init[s.path] = cap[s.path].output[bare, rows.subj_pos[bare]].float()
+                            src = cap[s.block].output if s.norm_ref == "residual" else cap[s.path].output
+                            ref[s.path] = src[bare, rows.subj_pos[bare]].float()
+                    else:
+                        logp = _scored_logprobs(model, rows, sel)  # (n_sel, V) at the scored positions only
+                    tok_lp = torch.zeros(B, tmask.shape[1], device=dev).index_put(
+                        (sel_b[:n_t], sel_t[:n_t]), logp[:n_t].gather(-1, sel_tgt.unsqueeze(-1)).squeeze(-1))
+                    row_nll = -(tok_lp.sum(1) / ntok)[~is_kl]  # (n * n_ctx,)
+                    nll_i = torch.zeros(n, device=dev).index_add(0, rw_owner, row_nll) / n_ctx
+                    kl_lp = logp[n_t:]  # (n, V), KL rows are in request order
+                    if kl_init is None:
+                        kl_init = kl_lp.detach()
+                    kl_i = (kl_init.exp() * (kl_init - kl_lp)).sum(-1)
+                    wd_i = sum(deltas[s.path].pow(2).sum(1) / ref[s.path].pow(2).sum(1).clamp(min=1e-12) for s in sites)
+                    loss_i = nll_i + kl_factor * kl_i + weight_decay * wd_i
+                    newly = ~done & (loss_i.detach() < stop_loss)
+                    done = done | newly
+                    if bool(done.all()) or step == steps:
+                        break
+                    taken += (~done).long()
+                    opt.zero_grad()
+                    (loss_i * (~done).float()).sum().backward()
+                frozen = {k: v.detach().clone() for k, v in deltas.items()}
+                opt.step()
+                with torch.no_grad():
                     for s in sites:
-                        init[s.path] = cap[s.path].output[bare, rows.subj_pos[bare]].float()
-                        src = cap[s.block].output if s.norm_ref == "residual" else cap[s.path].output
-                        ref[s.path] = src[bare, rows.subj_pos[bare]].float()
-                else:
-                    logp = _scored_logprobs(model, rows, sel)  # (n_sel, V) at the scored positions only
-                tok_lp = torch.zeros(B, tmask.shape[1], device=dev).index_put(
-                    (sel_b[:n_t], sel_t[:n_t]), logp[:n_t].gather(-1, sel_tgt.unsqueeze(-1)).squeeze(-1))
-                row_nll = -(tok_lp.sum(1) / ntok)[~is_kl]  # (n * n_ctx,)
-                nll_i = torch.zeros(n, device=dev).index_add(0, rw_owner, row_nll) / n_ctx
-                kl_lp = logp[n_t:]  # (n, V), KL rows are in request order
-                if kl_init is None:
-                    kl_init = kl_lp.detach()
-                kl_i = (kl_init.exp() * (kl_init - kl_lp)).sum(-1)
-                wd_i = sum(deltas[s.path].pow(2).sum(1) / ref[s.path].pow(2).sum(1).clamp(min=1e-12) for s in sites)
-                loss_i = nll_i + kl_factor * kl_i + weight_decay * wd_i
-                newly = ~done & (loss_i.detach() < stop_loss)
-                done = done | newly
-                if bool(done.all()) or step == steps:
-                    break
-                taken += (~done).long()
-                opt.zero_grad()
-                (loss_i * (~done).float()).sum().backward()
-            frozen = {k: v.detach().clone() for k, v in deltas.items()}
-            opt.step()
-            with torch.no_grad():
-                for s in sites:
-                    d = deltas[s.path]
-                    d[done] = frozen[s.path][done]
-                    limit = clamp_norm_factor * ref[s.path].norm(dim=1)
-                    norm = d.norm(dim=1).clamp(min=1e-12)
-                    d.mul_(torch.clamp(limit / norm, max=1.0)[:, None])
+                        d = deltas[s.path]
+                        d[done] = frozen[s.path][done]
+                        limit = clamp_norm_factor * ref[s.path].norm(dim=1)
+                        norm = d.norm(dim=1).clamp(min=1e-12)
+                        d.mul_(torch.clamp(limit / norm, max=1.0)[:, None])
     finally:
         for n_, p in model.named_parameters():
             p.requires_grad_(flags[n_])

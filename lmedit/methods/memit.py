@@ -71,7 +71,8 @@ class _MultiLayer(WeightEditingMethod):
         last = layers[-1]
         moments = locate.cached_second_moments(model, tok, adapter, layers, n_tokens=hp.mom2_n_tokens,
                                                corpus=hp.mom2_corpus)
-        res = locate.optimise_targets(model, tok, requests, self.sites(adapter, last), **hp.target_kwargs())
+        res = locate.optimise_targets(model, tok, requests, self.sites(adapter, last), adapter=adapter, layer=last,
+                                      **hp.target_kwargs())
         z = self.target(res, adapter, last)
         rpath = self.residual_path(adapter, last)
         ctx = self.begin(model, adapter, layers, hp, moments)

@@ -46,7 +46,8 @@ class _RankOne(WeightEditingMethod):
                                          corpus=hp.mom2_corpus)[layer]
         keys = locate.compute_keys(model, tok, adapter, requests, [layer], hp.prefixes)
         site = locate.Site(adapter.mlp_out_path(layer), norm_ref="output")
-        res = locate.optimise_targets(model, tok, requests, [site], **hp.target_kwargs())
+        res = locate.optimise_targets(model, tok, requests, [site], adapter=adapter, layer=layer,
+                                      **hp.target_kwargs())
         k_mean, k_bare = keys.mean[layer][0], keys.bare[layer][0]
         v_star = res.init[site.path][0] + res.deltas[site.path][0]  # v_bare + δ
         k = k_mean if self.consistent_key else k_bare
