@@ -4,7 +4,8 @@
   wrapper can be installed on the first edit and the very same original object put back later.
 - `frozen`: every parameter of the model has `requires_grad=False` inside the block, restored after.
 - `request_batches`: prompt+target batches (the same tokenisation the evaluator uses).
-- `target_nll`: teacher-forced mean NLL of the target tokens, per request (prompt positions masked).
+- `target_nll`: teacher-forced mean NLL of the target tokens, per request (prompt positions masked),
+  from the logits `target_logits` computes (only where targets are predicted).
 - `fit_targets`: Adam on some parameters until the mean target NLL is low enough.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..evaluate.scoring import target_logits
 from ..requests import EditRequest
-from ..evaluate.scoring import target_logits  # noqa: F401  (re-exported for the methods)
 from ..tokens import PromptTargetBatch, batch_prompt_targets
 
 
