@@ -95,7 +95,8 @@ class GraceAdaptor(ForwardingWrapper):
     def add(self, rec: _Record) -> int:
         i = next(self._ids)
         self.records[i] = rec
-        self._rebuild()
+        self._place(i, rec, self.entries)  # the replay of the records so far, one step further
+        self._stack()
         return i
 
     def remove(self, ids: Sequence[int]) -> None:
@@ -106,25 +107,33 @@ class GraceAdaptor(ForwardingWrapper):
     def _rebuild(self) -> None:
         entries: list[_Entry] = []
         for i, rec in self.records.items():
-            if entries:
-                d = torch.stack([torch.dist(rec.key, e.key) for e in entries])
-                j = int(d.argmin())
-                dj = float(d[j])
-                near = entries[j]
-                if dj <= near.eps + rec.eps_init:
-                    if rec.label == near.label:  # expand
-                        near.eps = max(near.eps, dj)
-                        near.members.append(i)
-                        continue
-                    near.eps = min(near.eps, dj / 2)  # split
-                    entries.append(_Entry(rec.key, rec.value, min(rec.eps_init, dj / 2), rec.label, [i]))
-                    continue
-            entries.append(_Entry(rec.key, rec.value, rec.eps_init, rec.label, [i]))
+            self._place(i, rec, entries)
         self.entries = entries
+        self._stack()
+
+    @staticmethod
+    def _place(i: int, rec: _Record, entries: list[_Entry]) -> None:
+        """Apply one record to the codebook: expand, split or add (see the module docstring)."""
         if entries:
-            self._keys = torch.stack([e.key for e in entries])
-            self._values = torch.stack([e.value for e in entries])
-            self._eps = torch.tensor([e.eps for e in entries], dtype=self._keys.dtype, device=self._keys.device)
+            d = torch.linalg.vector_norm(torch.stack([e.key for e in entries]) - rec.key, dim=-1)
+            j = int(d.argmin())
+            dj = float(d[j])
+            near = entries[j]
+            if dj <= near.eps + rec.eps_init:
+                if rec.label == near.label:  # expand
+                    near.eps = max(near.eps, dj)
+                    near.members.append(i)
+                    return
+                near.eps = min(near.eps, dj / 2)  # split
+                entries.append(_Entry(rec.key, rec.value, min(rec.eps_init, dj / 2), rec.label, [i]))
+                return
+        entries.append(_Entry(rec.key, rec.value, rec.eps_init, rec.label, [i]))
+
+    def _stack(self) -> None:
+        if self.entries:
+            self._keys = torch.stack([e.key for e in self.entries])
+            self._values = torch.stack([e.value for e in self.entries])
+            self._eps = torch.tensor([e.eps for e in self.entries], dtype=self._keys.dtype, device=self._keys.device)
         else:
             self._keys = self._values = self._eps = None
 
