@@ -97,7 +97,11 @@ def table_cmd(run_dirs: List[Path]):
     """
     from .report import table
 
-    print(table(run_dirs))
+    try:
+        print(table(run_dirs))
+    except ValueError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2)
 
 
 @bench_app.command("compare")

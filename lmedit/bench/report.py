@@ -215,6 +215,8 @@ def table(run_dirs: Sequence[str | Path]) -> str:
     """Markdown: one table per (model, dataset), one row per run (method, protocol, cases)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for d in run_dirs:
+        if not (Path(d) / "config.json").is_file():
+            raise ValueError(f"{d} is not a run directory (no config.json)")
         f = Path(d) / "summary.json"
         s = json.loads(f.read_text()) if f.is_file() else write_report(d)
         groups.setdefault((s["config"]["model"], s["config"]["dataset"]), []).append(s)
