@@ -105,6 +105,30 @@ def test_sequential_memory_method_with_checkpoints_restarts_on_resume(tmp_path, 
     assert s["complete"] and [r["edits"] for r in s["checkpoints"]] == [1, 3]
 
 
+def test_sequential_run_reuses_another_runs_pre_edit_observations(tmp_path, monkeypatch):
+    import importlib
+
+    run_mod = importlib.import_module("lmedit.bench.run")  # the module (lmedit.bench.run is also the function)
+    run(cfg(protocol="sequential", n=3), tmp_path / "a")
+    observed = []
+    real = run_mod.observe
+
+    def counting(model, tok, reqs, ecfg):
+        observed.append(len(reqs))
+        return real(model, tok, reqs, ecfg)
+
+    monkeypatch.setattr(run_mod, "observe", counting)
+    s = run(cfg(protocol="sequential", n=2, hparams={"num_steps": 2}, pre_from=str(tmp_path / "a")), tmp_path / "b")
+    assert s["complete"] and observed == [2]  # only the post-edit observation of its 2 cases
+    assert read_jsonl(tmp_path / "b" / "pre.jsonl") == read_jsonl(tmp_path / "a" / "pre.jsonl")[:2]
+    with pytest.raises(RunError, match="cf_scores"):
+        run(cfg(protocol="sequential", n=2, cf_scores=False, pre_from=str(tmp_path / "a")), tmp_path / "c")
+    with pytest.raises(RunError, match="not a run directory"):
+        run(cfg(protocol="sequential", n=2, pre_from=str(tmp_path)), tmp_path / "d")
+    with pytest.raises(ValueError, match="sequential"):
+        cfg(pre_from=str(tmp_path / "a"))
+
+
 def test_killed_process_resumes_from_its_last_case(tmp_path):
     out = tmp_path / "k"
     args = [sys.executable, "-m", "lmedit.cli", "bench", "run", "--out", str(out), "--method", "ft-m",

@@ -23,7 +23,7 @@ CASES = {
     "grace": ({"num_steps": 25}, {"min_locality": 0.99}),
     "lora": ({"num_steps": 20}, {"min_locality": 0.0}),
     # retrieve mode + linear merge: edit #3 opens a second side memory
-    "wise-retrieve": ({"num_steps": 20, "merge": "linear", "shards_per_memory": 2}, {"min_locality": 0.9}),
+    "wise-retrieve": ({"merge": "linear", "shards_per_memory": 2}, {"min_locality": 0.9, "data": "zsre"}),
     # T-Patcher gates on the last prompt token at the last layer, where a CounterFact neighbour (same
     # relation, other subject) is closer to the edit prompt than its paraphrase (median cosine 0.91 vs
     # 0.87 on 20 cases): it is tested on ZsRE, whose locality prompts are other questions

@@ -54,6 +54,8 @@ def run_cmd(
     workers: int = typer.Option(1, help="processes for single/batch protocols"),
     ray: Optional[str] = typer.Option(None, help="'auto' or a Ray address: shard over a Ray cluster"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
+    pre_from: Optional[str] = typer.Option(None, help="sequential: reuse the unedited model's observations from "
+                                                      "this run directory (same model, data and scoring settings)"),
 ):
     """Run a benchmark, e.g.
 
@@ -71,7 +73,8 @@ def run_cmd(
                         hparams_file=hparams, seed=seed, generation=not no_generation, max_new_tokens=max_new_tokens,
                         cf_scores=not no_cf_scores,
                         general_tasks=[t for t in general.split(",") if t], general_n=general_n,
-                        skip_invalid=skip_invalid, dtype=dtype, device=device, workers=workers, ray=ray)
+                        skip_invalid=skip_invalid, dtype=dtype, device=device, workers=workers, ray=ray,
+                        pre_from=pre_from)
         summary = run(cfg, out, resume=resume)
     except (RunError, ValueError, KeyError) as e:
         console.print(f"[bold red]error:[/] {e}")

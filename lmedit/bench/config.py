@@ -9,7 +9,11 @@ from typing import Any
 PROTOCOLS = ("single", "batch", "sequential")
 
 # fields that may differ between a run and its --resume without changing its results
-RESUME_FREE = {"workers", "ray", "progress"}
+RESUME_FREE = {"workers", "ray", "progress", "pre_from"}
+# settings that decide what the unedited model is asked and how: a run may reuse another's pre-edit
+# observations (--pre-from) only when these agree
+PRE_EVAL_KEYS = ("model", "dataset", "data_path", "start", "skip_invalid", "generation", "max_new_tokens",
+                 "cf_scores", "dtype", "device")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class RunConfig:
     workers: int = 1  # single/batch protocol: shard cases over processes
     ray: str | None = None  # "auto" or a cluster address: shard over Ray instead
     progress: bool = True
+    pre_from: str | None = None  # sequential: reuse this run directory's pre-edit observations
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -51,6 +56,8 @@ class RunConfig:
             raise ValueError("workers must be >= 1")
         if self.protocol == "sequential" and (self.workers > 1 or self.ray):
             raise ValueError("a sequential run is one chain of edits; it cannot be sharded over workers")
+        if self.pre_from and self.protocol != "sequential":
+            raise ValueError("pre_from applies to sequential runs (single/batch runs observe each case next to its edit)")
         if any(c < 1 for c in self.checkpoints):
             raise ValueError("checkpoints must be >= 1")
         self.checkpoints = sorted(set(self.checkpoints))

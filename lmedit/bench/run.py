@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ..evaluate.evaluator import EvalConfig, observe, score
 from ..methods.base import CompositeHandle, WeightEdit
-from .config import RunConfig, environment
+from .config import PRE_EVAL_KEYS, RunConfig, environment
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +192,28 @@ def _load_state(run_dir: Path, model, method) -> int:
     return json.loads((state / "state.json").read_text())["edits_done"]
 
 
+def reused_pre(cfg: RunConfig, source: Path, n_cases: int) -> list[dict[str, Any]]:
+    """Another run's pre-edit observations of this run's cases, after checking that they were made the same way."""
+    cfg_file = source / "config.json"
+    if not cfg_file.is_file():
+        raise RunError(f"--pre-from {source}: not a run directory (no config.json)")
+    theirs = json.loads(cfg_file.read_text())["config"]
+    diff = [k for k in PRE_EVAL_KEYS if theirs.get(k) != getattr(cfg, k)]
+    if diff:
+        raise RunError(f"--pre-from {source}: its unedited-model observations were made with other settings: {diff}")
+    rows = [r for r in read_jsonl(source / "pre.jsonl") if r["index"] < n_cases]
+    log.info("reusing %d pre-edit observations from %s", len(rows), source)
+    return rows
+
+
 def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None:
     """Edits accumulate; every case is scored after the last edit, and all edits so far at checkpoints."""
     m, hp, _ = editor.prepare(reqs[:1], cfg.method, cfg.hparams_file or cfg.hparams)
     ecfg = _eval_cfg(cfg)
     pre_file = run_dir / "pre.jsonl"
+    if cfg.pre_from and not pre_file.is_file():
+        for row in reused_pre(cfg, Path(cfg.pre_from), len(reqs)):
+            append_jsonl(pre_file, row)
     pre = {r["index"]: r["obs"] for r in read_jsonl(pre_file)}
     missing = [i for i in range(len(reqs)) if i not in pre]
     for chunk in _chunks(missing, 32):  # the unedited model's view of every case, once

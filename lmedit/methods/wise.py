@@ -5,21 +5,33 @@ mid-to-late layer). We store it as the difference Δ = W' - W (so W' x = W x + �
 same function, without a second full copy of W per memory). The base weight is never written.
 
 Routing. For an activation a (the projection's input at one position) the activation score is
-‖(W' - W) a‖ = ‖Δ a‖. Our choice (documented): routing is *per position* - the projection output
-at a position is W' a if the score exceeds the memory's threshold ε, else W a. This keeps training
-and inference consistent and works with KV-cached generation. With several side memories
-(retrieve mode) the memory with the highest score among those above their own ε is used.
+‖(W' - W) a‖ = ‖Δ a‖. WISE routes a *query*: the side memory answers if the query activates it
+above the memory's threshold ε. Our causal reading (documented): position t uses W' iff the
+running maximum of the score over positions 0..t (padding excluded) exceeds ε, so an edit
+prompt switches to the side memory from its most edit-like token (typically the subject) on,
+and generated tokens inherit the prompt's decision. Training and teacher-forced scoring see the
+same rule; in KV-cached generation the running maximum is carried from the previous call (a
+call whose attention mask is longer than its input is a decoding step). With several side
+memories (retrieve mode) the memory whose running score is the most above its own ε (highest ratio)
+is used.
 
 Editing. Each `apply` is one *shard*: its requests train the current side memory through a random
 gradient mask that keeps a fraction `mask_ratio` (ρ) of the entries, starting from the memory as
-merged so far. Loss = teacher-forced CE on the target tokens (side output used at the last prompt
-token and the target positions) + `act_weight` × margin losses on the activation scores:
+merged so far. Loss = teacher-forced CE on the target tokens (side output used at every position of
+the edit rows) + `act_weight` × margin losses on the activation scores:
     ReLU(s_irr - α) + ReLU(β - s_edit) + ReLU(γ - (min s_edit - max s_irr))
-where s_edit are the scores at the edit rows' routed positions and s_irr at every position of
-irrelevant texts (the requests' locality prompts plus a built-in set of generic sentences).
+where s_edit is each edit row's highest score over its prompt tokens (its running maximum where the
+first target token is predicted) and s_irr the score at every position of irrelevant texts (a
+query routes if any of its positions does): a built-in set of generic sentences plus the NQ
+questions and answers of the first `irrelevant_records` ZsRE *train* records (as WISE trains on
+held-out locality data; never the requests' own locality prompts, which are what the evaluation
+scores), and in retrieve mode the prompts of the edits held by the other side memories, so that a
+query picks its own memory. Each step scores a random `irrelevant_sample` of those positions.
 After a shard is trained, its delta δ (masked) is stored and the memory is re-merged from all of
 its shards (`merge`: 'ties' = TIES merging: trim to the top `ties_density` magnitudes, elect the
-sign by total mass, disjoint mean; 'linear' = plain average of the shard deltas). The threshold ε
+sign by total mass, disjoint mean; 'linear' = the sum of the shard deltas: each shard is trained
+as an increment on top of the memory merged so far, so adding the increments keeps every shard
+whole, where a plain average would shrink each to 1/k). The threshold ε
 is then learned from data: the midpoint between the highest irrelevant score and the lowest
 edit score under the merged memory.
 
@@ -42,7 +54,7 @@ from torch import nn
 from ..hparams import HParams
 from ..models.hooks import forward_until
 from ..requests import EditRequest
-from ..tokens import encode_prompt
+from ..tokens import encode_prompt, target_text
 from ._memory import (ForwardingWrapper, frozen, model_device, request_batch, swap_module, target_logits,
                       target_nll)
 from .base import EditFailed, EditHandle, EditMethod
@@ -66,14 +78,16 @@ class WiseHparams(HParams):
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate for the side memory"})
     num_steps: int = field(default=30, metadata={"help": "optimisation steps per shard (apply call)"})
     mask_ratio: float = field(default=0.2, metadata={"help": "ρ: fraction of the side memory's entries one shard may change"})
-    merge: str = field(default="ties", metadata={"help": "'ties' or 'linear' (plain average of shard deltas)"})
+    merge: str = field(default="ties", metadata={"help": "'ties' or 'linear' (sum of the shards' increments)"})
     ties_density: float = field(default=0.8, metadata={"help": "TIES: fraction of each shard delta's largest magnitudes kept"})
     shards_per_memory: int = field(default=4, metadata={"help": "retrieve mode: shards per side memory before a new one opens; 0 = one memory"})
     act_weight: float = field(default=1.0, metadata={"help": "weight of the activation-margin losses"})
     alpha: float = field(default=2.0, metadata={"help": "margin: irrelevant positions should score below α"})
     beta: float = field(default=10.0, metadata={"help": "margin: edit positions should score above β"})
-    gamma: float = field(default=6.0, metadata={"help": "margin: min edit score - max irrelevant score should exceed γ"})
+    gamma: float = field(default=50.0, metadata={"help": "margin: min edit score - max irrelevant score should exceed γ"})
     stop_loss: float = field(default=0.02, metadata={"help": "stop once the target NLL is below this and the margins are met"})
+    irrelevant_records: int = field(default=100, metadata={"help": "ZsRE-train NQ questions (+ answers) added to the built-in irrelevant texts; 0 = built-in only"})
+    irrelevant_sample: int = field(default=256, metadata={"help": "irrelevant positions scored per optimisation step (all are used for the threshold)"})
     seed: int = field(default=0, metadata={"help": "seed of the gradient masks"})
 
     def validate(self):
@@ -86,6 +100,8 @@ class WiseHparams(HParams):
         self.check(self.act_weight >= 0, "act_weight must be >= 0")
         self.check(0 <= self.alpha < self.beta, "need 0 <= alpha < beta")
         self.check(self.gamma >= 0, "gamma must be >= 0")
+        self.check(self.irrelevant_records >= 0, "irrelevant_records must be >= 0")
+        self.check(self.irrelevant_sample >= 1, "irrelevant_sample must be >= 1")
 
 
 def ties_merge(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
@@ -110,8 +126,8 @@ def ties_merge(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
 class _Shard:
     id: int
     delta: torch.Tensor  # (out, in), zero outside its mask
-    edit_acts: torch.Tensor  # (N, in) activations at the shard's routed positions
-    irr_acts: torch.Tensor  # (M, in) activations of the shard's locality prompts (may be empty)
+    edit_acts: torch.Tensor  # (N, in) activations at the prompt tokens of the shard's edit rows
+    edit_rows: torch.Tensor  # (N,) which edit row each activation belongs to (0..rows-1)
 
 
 @dataclass
@@ -122,8 +138,13 @@ class _Memory:
     stats: tuple[float, float] = (0.0, 0.0)  # (lowest edit score, highest irrelevant score) under the merged memory
 
 
+def row_max(scores: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """(n_rows,) highest score of each row, from flat scores and their row ids."""
+    return scores.new_full((n_rows,), float("-inf")).scatter_reduce(0, rows, scores, "amax")
+
+
 class WiseMemory(ForwardingWrapper):
-    """Wraps the projection; routes each position to main memory or the most activated side memory."""
+    """Wraps the projection; routes each query to main memory or the most activated side memory."""
 
     def __init__(self, base: nn.Module, path: str, irr_acts: torch.Tensor):
         super().__init__(base)
@@ -132,6 +153,12 @@ class WiseMemory(ForwardingWrapper):
         self.irr_acts = irr_acts  # (N, in) activations of the built-in irrelevant texts
         self._ids = itertools.count()
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None  # (delta (out,in), position mask (B,T))
+        self._attention_mask: torch.Tensor | None = None  # of the model call in progress (set by a pre-hook)
+        self._running: torch.Tensor | None = None  # (M, B) running max score at the end of the last call
+        self.hook = None
+
+    def note_call(self, _model, args, kwargs) -> None:
+        self._attention_mask = kwargs.get("attention_mask")
 
     def scores(self, delta: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
         return (acts.to(delta.dtype) @ delta.T).norm(dim=-1)
@@ -145,20 +172,42 @@ class WiseMemory(ForwardingWrapper):
             return out
         side = torch.stack([x @ m.delta.T.to(x.dtype) for m in self.memories])  # (M, B, T, out)
         s = side.norm(dim=-1)  # (M, B, T)
+        T, mask, prev = x.shape[1], self._attention_mask, self._running
+        decoding = mask is not None and mask.dim() == 2 and mask.shape[-1] > T
+        if decoding and prev is not None and prev.shape == s.shape[:2]:
+            running = torch.maximum(prev[..., None], s.cummax(-1).values)
+        else:
+            if mask is not None and mask.dim() == 2 and mask.shape == s.shape[1:]:
+                s = s * mask.to(s.dtype)  # padding never routes
+            running = s.cummax(-1).values
+        self._running = running[..., -1].detach()
         eps = torch.tensor([m.eps for m in self.memories], dtype=s.dtype, device=s.device).view(-1, 1, 1)
-        s_masked = torch.where(s > eps, s, torch.full_like(s, -1.0))
-        best, idx = s_masked.max(0)  # (B, T)
+        # memories' scores are not on one scale: the winner is the one most above its own threshold
+        ratio = running / eps.clamp(min=1e-6)
+        best, idx = torch.where(ratio > 1, ratio, torch.full_like(ratio, -1.0)).max(0)  # (B, T)
         chosen = side.gather(0, idx[None, ..., None].expand(1, *side.shape[1:]))[0]
         return out + chosen * (best > 0).unsqueeze(-1).to(out.dtype)
+
+    def irrelevant_for(self, mem: _Memory) -> torch.Tensor:
+        """What `mem` must not answer: the irrelevant texts and the prompts edited into other memories."""
+        others = [sh.edit_acts for m in self.memories if m is not mem for sh in m.shards]
+        return torch.cat([self.irr_acts, *others])
+
+    def edit_scores(self, delta: torch.Tensor, shards: Sequence[_Shard]) -> torch.Tensor:
+        """Each edit row's highest prompt-token score under `delta`."""
+        out = []
+        for sh in shards:
+            out.append(row_max(self.scores(delta, sh.edit_acts), sh.edit_rows, int(sh.edit_rows.max()) + 1))
+        return torch.cat(out)
 
     def remerge(self, mem: _Memory, hp_merge: str, density: float) -> None:
         deltas = [s.delta for s in mem.shards]
         if hp_merge == "ties" and len(deltas) > 1:
             mem.delta = ties_merge(deltas, density)
         else:
-            mem.delta = torch.stack(deltas).mean(0)
-        edit = self.scores(mem.delta, torch.cat([s.edit_acts for s in mem.shards]))
-        irr = self.scores(mem.delta, torch.cat([self.irr_acts, *(s.irr_acts for s in mem.shards)]))
+            mem.delta = torch.stack(deltas).sum(0)
+        edit = self.edit_scores(mem.delta, mem.shards)
+        irr = self.scores(mem.delta, self.irrelevant_for(mem))
         mem.eps = float((edit.min() + irr.max()) / 2)
         mem.stats = (float(edit.min()), float(irr.max()))
 
@@ -186,7 +235,19 @@ class WiseHandle(EditHandle):
                     w.memories.remove(mem)
         if not w.memories and self.model.get_submodule(w.path) is w:
             swap_module(self.model, w.path, w.base)
+            w.hook.remove()
         self.restored = True
+
+
+def irrelevant_texts(records: int) -> list[str]:
+    """The built-in sentences plus the NQ question + answer of the first `records` ZsRE train records."""
+    texts = list(IRRELEVANT_TEXTS)
+    if records:
+        from ..data import load_dataset
+
+        for r in load_dataset("zsre-mend-train", limit=records, skip_invalid=True):
+            texts += [pa.prompt + target_text(pa.prompt, pa.answer) for pa in r.locality[:1]]
+    return texts
 
 
 def _acts(model, tok, module: nn.Module, texts: Sequence[str], device) -> list[torch.Tensor]:
@@ -220,9 +281,10 @@ class Wise(EditMethod):
         if isinstance(mod, WiseMemory):
             wrapper = mod
         else:
-            irr = torch.cat(_acts(model, tok, mod, IRRELEVANT_TEXTS, device))
+            irr = torch.cat(_acts(model, tok, mod, irrelevant_texts(hp.irrelevant_records), device))
             wrapper = WiseMemory(mod, path, irr)
             swap_module(model, path, wrapper)
+            wrapper.hook = model.register_forward_pre_hook(wrapper.note_call, with_kwargs=True)
         handle = WiseHandle(self, model, wrapper, None, hp.merge, hp.ties_density)
         try:
             self._edit(model, tok, adapter, wrapper, requests, hp, handle)
@@ -237,7 +299,8 @@ class Wise(EditMethod):
         T = batch.input_ids.shape[1]
         ar = torch.arange(T, device=device)
         lens = batch.attention_mask.sum(1)
-        pos = (ar[None] >= (batch.prompt_lens - 1)[:, None]) & (ar[None] < lens[:, None])  # routed positions
+        pos = (ar[None] >= (batch.prompt_lens - 1)[:, None]) & (ar[None] < lens[:, None])  # trained positions
+        prompt_pos = ar[None] < batch.prompt_lens[:, None]
         # activations at the projection input do not depend on the side memory: compute them once
         acts = {}
 
@@ -250,20 +313,19 @@ class Wise(EditMethod):
                 forward_until(model, [wrapper.base], input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         finally:
             h.remove()
-        edit_acts = acts["x"][pos]  # (N, in)
-        loc_texts = [pa.prompt for r in requests for pa in r.locality]
-        loc_acts = torch.cat([*_acts(model, tok, wrapper.base, loc_texts, device),
-                              torch.zeros(0, edit_acts.shape[1], device=device)])
-        irr_acts = torch.cat([wrapper.irr_acts, loc_acts])
+        edit_acts = acts["x"][prompt_pos]  # (N, in)
+        edit_rows = torch.arange(len(requests), device=device)[:, None].expand(-1, T)[prompt_pos]
 
         if not wrapper.memories or (hp.shards_per_memory and len(wrapper.memories[-1].shards) >= hp.shards_per_memory):
             mem = _Memory()
             wrapper.memories.append(mem)
         mem = wrapper.memories[-1]
+        irr_acts = wrapper.irrelevant_for(mem)
         W = adapter.as_out_in(wrapper.base.weight).detach()
         start = mem.delta if mem.delta is not None else torch.zeros_like(W, dtype=torch.float32)
         gen = torch.Generator().manual_seed(hp.seed + len(mem.shards) + 7919 * len(wrapper.memories))
         mask = (torch.rand(W.shape, generator=gen) < hp.mask_ratio).to(device=device, dtype=torch.float32)
+        n_irr = min(hp.irrelevant_sample, len(irr_acts))
         p = nn.Parameter(torch.zeros_like(start))
         opt = torch.optim.Adam([p], lr=hp.lr)
         with frozen(model), adapter.replay_below(hp.layer, input_ids=batch.input_ids,
@@ -276,8 +338,9 @@ class Wise(EditMethod):
                     logits, first = target_logits(model, batch)
                     wrapper._train = None
                     ce = target_nll(logits, batch, first).mean()
-                    s_edit = wrapper.scores(delta, edit_acts)
-                    s_irr = wrapper.scores(delta, irr_acts)
+                    s_edit = row_max(wrapper.scores(delta, edit_acts), edit_rows, len(requests))
+                    rows = torch.randperm(len(irr_acts), generator=gen)[:n_irr].to(device)
+                    s_irr = wrapper.scores(delta, irr_acts[rows])
                     margin = (torch.relu(s_irr - hp.alpha).mean() + torch.relu(hp.beta - s_edit).mean()
                               + torch.relu(hp.gamma - (s_edit.min() - s_irr.max())))
                     loss = ce + hp.act_weight * margin
@@ -290,7 +353,7 @@ class Wise(EditMethod):
         shard_delta = (mask * p).detach()
         if not torch.isfinite(shard_delta).all():
             raise EditFailed("wise produced a non-finite side memory; the model was restored")
-        shard = _Shard(next(wrapper._ids), shard_delta, edit_acts, loc_acts)
+        shard = _Shard(next(wrapper._ids), shard_delta, edit_acts, edit_rows)
         mem.shards.append(shard)
         handle.shard_id = shard.id
         wrapper.remerge(mem, hp.merge, hp.ties_density)
