@@ -102,3 +102,21 @@ def test_ties_merge_trims_elects_sign_and_averages_agreeing_entries():
     assert torch.allclose(m, torch.tensor([2.0, -2.0, 4.0, 0.1]))
     m = ties_merge([a, b], density=0.5)  # keep the top half of each delta's non-zeros
     assert torch.allclose(m, torch.tensor([2.0, -2.0, 4.0, 0.0]))
+
+
+@pytest.mark.slow
+def test_wise_generation_keeps_the_prompts_routing_decision(smol):
+    """A generated token (e.g. a '?' after an unrelated question) must not open the side memory: the
+    decision made on the prompt holds for the tokens generated after it, batched or alone."""
+    from lmedit.evaluate.scoring import generate
+
+    model, tok = smol
+    reqs = list(load_dataset("zsre-mend-eval", limit=6))
+    unrelated = [r.locality[0].prompt for r in reqs]
+    before = generate(model, tok, unrelated, max_new_tokens=8)
+    res = Editor(model, tok).edit(reqs[:3], method="wise", mode="sequential", eval_config=NO_GEN)
+    try:
+        assert generate(model, tok, unrelated, max_new_tokens=8) == before
+        assert [generate(model, tok, [p], max_new_tokens=8)[0] for p in unrelated] == before
+    finally:
+        res.restore()

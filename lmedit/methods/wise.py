@@ -10,8 +10,9 @@ above the memory's threshold ε. Our causal reading (documented): position t use
 running maximum of the score over positions 0..t (padding excluded) exceeds ε, so an edit
 prompt switches to the side memory from its most edit-like token (typically the subject) on,
 and generated tokens inherit the prompt's decision. Training and teacher-forced scoring see the
-same rule; in KV-cached generation the running maximum is carried from the previous call (a
-call whose attention mask is longer than its input is a decoding step). With several side
+same rule. In KV-cached generation the decision made on the prompt is kept for the generated
+tokens (a call with tokens already in the KV cache is a decoding step): the query is
+what the user wrote, and a generated '?' after an unrelated question was seen to open the memory. With several side
 memories (retrieve mode) the memory whose running score is the most above its own ε (highest ratio)
 is used.
 
@@ -69,6 +70,19 @@ IRRELEVANT_TEXTS = (
     "Photosynthesis converts sunlight into chemical energy in plants.",
     "The train to the airport leaves every fifteen minutes.",
     "Mathematics is the study of numbers, shapes and patterns.",
+    # questions too: edit prompts are often questions, and a generated '?' must not open the side memory
+    "What time does the museum open on Sundays?",
+    "How many legs does a spider have?",
+    "Who painted the ceiling of the chapel?",
+    "Which river flows through the capital city?",
+    "Where did you leave the keys this morning?",
+    "When does the next bus to the station leave?",
+    "Why is the sky blue on a clear day?",
+    "What is the boiling point of water?",
+    "Is it going to rain tomorrow?",
+    "What language do they speak in that country?",
+    "Who won the match last night?",
+    "How far is the moon from the earth?",
 )
 
 
@@ -154,11 +168,14 @@ class WiseMemory(ForwardingWrapper):
         self._ids = itertools.count()
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None  # (delta (out,in), position mask (B,T))
         self._attention_mask: torch.Tensor | None = None  # of the model call in progress (set by a pre-hook)
+        self._past_len = 0  # tokens already in the KV cache at that call
         self._running: torch.Tensor | None = None  # (M, B) running max score at the end of the last call
         self.hook = None
 
     def note_call(self, _model, args, kwargs) -> None:
         self._attention_mask = kwargs.get("attention_mask")
+        past = kwargs.get("past_key_values")
+        self._past_len = int(past.get_seq_length()) if hasattr(past, "get_seq_length") else 0
 
     def scores(self, delta: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
         return (acts.to(delta.dtype) @ delta.T).norm(dim=-1)
@@ -173,9 +190,9 @@ class WiseMemory(ForwardingWrapper):
         side = torch.stack([x @ m.delta.T.to(x.dtype) for m in self.memories])  # (M, B, T, out)
         s = side.norm(dim=-1)  # (M, B, T)
         T, mask, prev = x.shape[1], self._attention_mask, self._running
-        decoding = mask is not None and mask.dim() == 2 and mask.shape[-1] > T
+        decoding = self._past_len > 0 or (mask is not None and mask.dim() == 2 and mask.shape[-1] > T)
         if decoding and prev is not None and prev.shape == s.shape[:2]:
-            running = torch.maximum(prev[..., None], s.cummax(-1).values)
+            running = prev[..., None].expand_as(s)  # generated tokens keep the query's decision
         else:
             if mask is not None and mask.dim() == 2 and mask.shape == s.shape[1:]:
                 s = s * mask.to(s.dtype)  # padding never routes
