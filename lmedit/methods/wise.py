@@ -11,15 +11,15 @@ running maximum of the score over positions 0..t (padding excluded) exceeds ε, 
 prompt switches to the side memory from its most edit-like token (typically the subject) on,
 and generated tokens inherit the prompt's decision. Training and teacher-forced scoring see the
 same rule. In KV-cached generation the decision made on the prompt is kept for the generated
-tokens (a call with tokens already in the KV cache is a decoding step): the query is
-what the user wrote, and a generated '?' after an unrelated question was seen to open the memory. With several side
-memories (retrieve mode) the memory whose running score is the most above its own ε (highest ratio)
-is used.
+tokens (a call with tokens already in the KV cache is a decoding step): the query is what the
+user wrote, and a generated '?' after an unrelated question was seen to open the memory. With
+several side memories (retrieve mode) the memory whose running score is the most above its own ε
+(highest ratio) is used.
 
 Editing. Each `apply` is one *shard*: its requests train the current side memory through a random
 gradient mask that keeps a fraction `mask_ratio` (ρ) of the entries, starting from the memory as
-merged so far. Loss = teacher-forced CE on the target tokens (side output used at every position of
-the edit rows) + `act_weight` × margin losses on the activation scores:
+merged so far. Loss = teacher-forced CE on the target tokens (side output used at the last prompt
+token and the target positions) + `act_weight` × margin losses on the activation scores:
     ReLU(s_irr - α) + ReLU(β - s_edit) + ReLU(γ - (min s_edit - max s_irr))
 where s_edit is each edit row's highest score over its prompt tokens (its running maximum where the
 first target token is predicted) and s_irr the score at every position of irrelevant texts (a
