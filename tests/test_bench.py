@@ -125,8 +125,30 @@ def test_sequential_run_reuses_another_runs_pre_edit_observations(tmp_path, monk
         run(cfg(protocol="sequential", n=2, cf_scores=False, pre_from=str(tmp_path / "a")), tmp_path / "c")
     with pytest.raises(RunError, match="not a run directory"):
         run(cfg(protocol="sequential", n=2, pre_from=str(tmp_path)), tmp_path / "d")
-    with pytest.raises(ValueError, match="sequential"):
-        cfg(pre_from=str(tmp_path / "a"))
+    with pytest.raises(RunError, match="observed at once"):  # batched differently: not reused
+        run(cfg(protocol="single", n=2, pre_from=str(tmp_path / "a")), tmp_path / "e")
+
+
+def test_single_edit_runs_keep_and_reuse_pre_edit_observations(tmp_path, monkeypatch):
+    import importlib
+
+    run_mod = importlib.import_module("lmedit.bench.run")
+    a = run(cfg(n=2, hparams={"num_steps": 2}), tmp_path / "a")
+    assert sorted(r["index"] for r in read_jsonl(tmp_path / "a" / "pre.jsonl")) == [0, 1]
+    observed = []
+    real = run_mod.observe
+
+    def counting(model, tok, reqs, ecfg):
+        observed.append(len(reqs))
+        return real(model, tok, reqs, ecfg)
+
+    monkeypatch.setattr(run_mod, "observe", counting)
+    # another method on the same cases: only post-edit observations, and the same pre-edit scores
+    b = run(cfg(n=2, method="ft-l", hparams={"num_steps": 2}, pre_from=str(tmp_path / "a")), tmp_path / "b")
+    assert b["complete"] and observed == [1, 1]
+    pre = lambda d: [r["pre"] for r in read_jsonl(d / "cases.jsonl")]  # noqa: E731
+    assert pre(tmp_path / "b") == pre(tmp_path / "a")
+    assert not (tmp_path / "b" / "pre.jsonl").exists()
 
 
 def test_killed_process_resumes_from_its_last_case(tmp_path):

@@ -54,8 +54,8 @@ def run_cmd(
     workers: int = typer.Option(1, help="processes for single/batch protocols"),
     ray: Optional[str] = typer.Option(None, help="'auto' or a Ray address: shard over a Ray cluster"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
-    pre_from: Optional[str] = typer.Option(None, help="sequential: reuse the unedited model's observations from "
-                                                      "this run directory (same model, data and scoring settings)"),
+    pre_from: Optional[str] = typer.Option(None, help="reuse the unedited model's observations from this run "
+                                                      "directory (same model, data, scoring settings and batching)"),
 ):
     """Run a benchmark, e.g.
 

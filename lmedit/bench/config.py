@@ -41,7 +41,7 @@ class RunConfig:
     workers: int = 1  # single/batch protocol: shard cases over processes
     ray: str | None = None  # "auto" or a cluster address: shard over Ray instead
     progress: bool = True
-    pre_from: str | None = None  # sequential: reuse this run directory's pre-edit observations
+    pre_from: str | None = None  # reuse this run directory's pre-edit observations (same settings)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -56,8 +56,6 @@ class RunConfig:
             raise ValueError("workers must be >= 1")
         if self.protocol == "sequential" and (self.workers > 1 or self.ray):
             raise ValueError("a sequential run is one chain of edits; it cannot be sharded over workers")
-        if self.pre_from and self.protocol != "sequential":
-            raise ValueError("pre_from applies to sequential runs (single/batch runs observe each case next to its edit)")
         if any(c < 1 for c in self.checkpoints):
             raise ValueError("checkpoints must be >= 1")
         self.checkpoints = sorted(set(self.checkpoints))

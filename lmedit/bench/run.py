@@ -3,6 +3,7 @@
 Run directory:
     config.json        the RunConfig, resolved hparams, dataset facts, package versions
     cases.jsonl        one line per finished case (cases.w<k>.jsonl per worker when sharded)
+    pre.jsonl          the unedited model's observation of each case (pre.w<k>.jsonl per worker)
     checkpoints.jsonl  sequential: metrics over the edits made so far, at each checkpoint
     general.jsonl      general-ability scores before editing and at each checkpoint
     state/             sequential: the edited weights at the last checkpoint (for --resume)
@@ -38,6 +39,8 @@ class RunError(RuntimeError):
 
 # per-edit scores kept at every sequential checkpoint (checkpoint_cases.jsonl) for retention curves
 RETENTION_METRICS = ("tf_reliability", "tf_generalization", "tf_locality", "gen_reliability", "cf_es")
+# a sequential run observes the unedited model on all its cases up front, this many at a time
+SEQUENTIAL_OBSERVE_BATCH = 32
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -123,14 +126,23 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 # --- protocols --------------------------------------------------------------------------------
 
 def run_independent(cfg: RunConfig, editor, reqs, out: Path, todo: list[int]) -> None:
-    """single / batch: every batch of B cases is edited on the original model, scored, undone."""
+    """single / batch: every batch of B cases is edited on the original model, scored, undone.
+
+    The unedited model's observations go to the pre file beside `out` (pre.jsonl, pre.w<k>.jsonl), so
+    a resumed run or another run (--pre-from) does not observe them again."""
     m, hp, _ = editor.prepare(reqs[:1], cfg.method, cfg.hparams_file or cfg.hparams)
     size = 1 if cfg.protocol == "single" else cfg.batch_size
     ecfg = _eval_cfg(cfg)
+    known = known_pre(cfg, out.parent, len(reqs))
+    pre_out = out.with_name(out.name.replace("cases", "pre", 1))
     bar = tqdm(total=len(todo), desc=f"{cfg.method} {cfg.protocol}", disable=not cfg.progress)
     for chunk in _chunks(todo, size):
         batch = [reqs[i] for i in chunk]
-        pre = observe(editor.model, editor.tok, batch, ecfg)
+        if any(i not in known for i in chunk):  # observed as the batch it is edited in (see observation_batch)
+            for i, o in zip(chunk, observe(editor.model, editor.tok, batch, ecfg)):
+                known[i] = o
+                append_jsonl(pre_out, {"index": i, "obs": o})
+        pre = [known[i] for i in chunk]
         t = time.perf_counter()
         handle = m.apply(editor.model, editor.tok, editor.adapter, batch, hp)
         seconds = time.perf_counter() - t
@@ -192,18 +204,40 @@ def _load_state(run_dir: Path, model, method) -> int:
     return json.loads((state / "state.json").read_text())["edits_done"]
 
 
+def observation_batch(cfg: RunConfig) -> int:
+    """How many cases the unedited model is shown at once. Batches pad differently, and padding can flip
+    a near-tie between two tokens (measured: 1 of 160 teacher-forced predictions on 40 ZsRE cases), so
+    observations are reused only between runs that batch them alike."""
+    return {"single": 1, "batch": cfg.batch_size, "sequential": SEQUENTIAL_OBSERVE_BATCH}[cfg.protocol]
+
+
+def _pre_rows(run_dir: Path, n_cases: int) -> list[dict[str, Any]]:
+    rows = []
+    for f in sorted(run_dir.glob("pre*.jsonl")):
+        rows += [r for r in read_jsonl(f) if r["index"] < n_cases]
+    return rows
+
+
 def reused_pre(cfg: RunConfig, source: Path, n_cases: int) -> list[dict[str, Any]]:
     """Another run's pre-edit observations of this run's cases, after checking that they were made the same way."""
     cfg_file = source / "config.json"
     if not cfg_file.is_file():
         raise RunError(f"--pre-from {source}: not a run directory (no config.json)")
-    theirs = json.loads(cfg_file.read_text())["config"]
-    diff = [k for k in PRE_EVAL_KEYS if theirs.get(k) != getattr(cfg, k)]
+    theirs = RunConfig.from_dict(json.loads(cfg_file.read_text())["config"])
+    diff = [k for k in PRE_EVAL_KEYS if getattr(theirs, k) != getattr(cfg, k)]
+    if observation_batch(theirs) != observation_batch(cfg):
+        diff.append(f"cases observed at once ({observation_batch(theirs)} there, {observation_batch(cfg)} here)")
     if diff:
         raise RunError(f"--pre-from {source}: its unedited-model observations were made with other settings: {diff}")
-    rows = [r for r in read_jsonl(source / "pre.jsonl") if r["index"] < n_cases]
+    rows = _pre_rows(source, n_cases)
     log.info("reusing %d pre-edit observations from %s", len(rows), source)
     return rows
+
+
+def known_pre(cfg: RunConfig, run_dir: Path, n_cases: int) -> dict[int, Any]:
+    """Pre-edit observations already made: by this run (resume) or by the --pre-from run."""
+    rows = reused_pre(cfg, Path(cfg.pre_from), n_cases) if cfg.pre_from else []
+    return {r["index"]: r["obs"] for r in rows + _pre_rows(run_dir, n_cases)}
 
 
 def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None:
@@ -211,12 +245,12 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
     m, hp, _ = editor.prepare(reqs[:1], cfg.method, cfg.hparams_file or cfg.hparams)
     ecfg = _eval_cfg(cfg)
     pre_file = run_dir / "pre.jsonl"
-    if cfg.pre_from and not pre_file.is_file():
+    if cfg.pre_from and not pre_file.is_file():  # a copy, so the run stands on its own
         for row in reused_pre(cfg, Path(cfg.pre_from), len(reqs)):
             append_jsonl(pre_file, row)
     pre = {r["index"]: r["obs"] for r in read_jsonl(pre_file)}
     missing = [i for i in range(len(reqs)) if i not in pre]
-    for chunk in _chunks(missing, 32):  # the unedited model's view of every case, once
+    for chunk in _chunks(missing, SEQUENTIAL_OBSERVE_BATCH):  # the unedited model's view of every case, once
         for i, o in zip(chunk, observe(editor.model, editor.tok, [reqs[i] for i in chunk], ecfg)):
             pre[i] = o
             append_jsonl(pre_file, {"index": i, "obs": o})
