@@ -18,21 +18,26 @@ QWEN_SUBSETS=${QWEN_SUBSETS:-"zsre wiki-counterfact"}
 MODELS=${MODELS:-"smollm2-135m qwen2.5-0.5b"}
 export HF_HUB_OFFLINE=1
 
-cell() {  # model subset method
+cell() {  # model subset method [run whose unedited-model observations to reuse]
   local out="$RUNS/$1-$2-$3"
   if [ -f "$out/summary.json" ] && grep -q '"complete": true' "$out/summary.json"; then return; fi
-  local resume=""
-  [ -f "$out/config.json" ] && resume="--resume"
+  local extra=""
+  [ -f "$out/config.json" ] && extra="--resume"
+  [ -n "${4:-}" ] && [ "$4" != "$out" ] && extra="$extra --pre-from $4"
   "$LMEDIT" bench run --out "$out" --model "$1" --method "$3" --dataset "knowedit-$2" --n "$N" \
-      --protocol single --workers "$WORKERS" $resume || echo "FAILED: $out" >&2
+      --protocol single --workers "$WORKERS" $extra || echo "FAILED: $out" >&2
 }
 
 for model in $MODELS; do
   subsets=$SUBSETS
   [ "$model" != smollm2-135m ] && subsets=$QWEN_SUBSETS
   for subset in $subsets; do
+    # the unedited model is observed once per (model, subset): the first finished cell, the others reuse it
+    pre=""
     for method in $METHODS; do
-      cell "$model" "$subset" "$method"
+      cell "$model" "$subset" "$method" "$pre"
+      done_run="$RUNS/$model-$subset-$method"
+      [ -z "$pre" ] && [ -f "$done_run/summary.json" ] && pre="$done_run"
     done
   done
 done
