@@ -105,19 +105,25 @@ def test_sequential_memory_method_with_checkpoints_restarts_on_resume(tmp_path, 
     assert s["complete"] and [r["edits"] for r in s["checkpoints"]] == [1, 3]
 
 
-def test_sequential_run_reuses_another_runs_pre_edit_observations(tmp_path, monkeypatch):
+@pytest.fixture
+def observed(monkeypatch):
+    """Sizes of the observe() calls a run makes from now on."""
     import importlib
 
     run_mod = importlib.import_module("lmedit.bench.run")  # the module (lmedit.bench.run is also the function)
-    run(cfg(protocol="sequential", n=3), tmp_path / "a")
-    observed = []
-    real = run_mod.observe
+    sizes, real = [], run_mod.observe
 
     def counting(model, tok, reqs, ecfg):
-        observed.append(len(reqs))
+        sizes.append(len(reqs))
         return real(model, tok, reqs, ecfg)
 
     monkeypatch.setattr(run_mod, "observe", counting)
+    return sizes
+
+
+def test_sequential_run_reuses_another_runs_pre_edit_observations(tmp_path, observed):
+    run(cfg(protocol="sequential", n=3), tmp_path / "a")
+    observed.clear()
     s = run(cfg(protocol="sequential", n=2, hparams={"num_steps": 2}, pre_from=str(tmp_path / "a")), tmp_path / "b")
     assert s["complete"] and observed == [2]  # only the post-edit observation of its 2 cases
     assert read_jsonl(tmp_path / "b" / "pre.jsonl") == read_jsonl(tmp_path / "a" / "pre.jsonl")[:2]
@@ -129,20 +135,10 @@ def test_sequential_run_reuses_another_runs_pre_edit_observations(tmp_path, monk
         run(cfg(protocol="single", n=2, pre_from=str(tmp_path / "a")), tmp_path / "e")
 
 
-def test_single_edit_runs_keep_and_reuse_pre_edit_observations(tmp_path, monkeypatch):
-    import importlib
-
-    run_mod = importlib.import_module("lmedit.bench.run")
-    a = run(cfg(n=2, hparams={"num_steps": 2}), tmp_path / "a")
+def test_single_edit_runs_keep_and_reuse_pre_edit_observations(tmp_path, observed):
+    run(cfg(n=2, hparams={"num_steps": 2}), tmp_path / "a")
     assert sorted(r["index"] for r in read_jsonl(tmp_path / "a" / "pre.jsonl")) == [0, 1]
-    observed = []
-    real = run_mod.observe
-
-    def counting(model, tok, reqs, ecfg):
-        observed.append(len(reqs))
-        return real(model, tok, reqs, ecfg)
-
-    monkeypatch.setattr(run_mod, "observe", counting)
+    observed.clear()
     # another method on the same cases: only post-edit observations, and the same pre-edit scores
     b = run(cfg(n=2, method="ft-l", hparams={"num_steps": 2}, pre_from=str(tmp_path / "a")), tmp_path / "b")
     assert b["complete"] and observed == [1, 1]
