@@ -211,3 +211,15 @@ def test_retention_follows_each_cohort_to_later_checkpoints():
     rows = retention(cc)
     assert rows == [{"cohort": [1, 1], "at": [1, 3], "score": [1.0, 0.5]},
                     {"cohort": [2, 3], "at": [3], "score": [0.5]}]
+
+
+def test_speed_benchmark_times_each_method_and_undoes_its_edits(tmp_path, monkeypatch):
+    from lmedit.bench.speed import markdown, measure
+
+    monkeypatch.setenv("LMEDIT_STATS_DIR", str(tmp_path))  # the stand-in's statistics stay out of the real cache
+    rows = measure("tiny-llama", methods=("rome", "memit"), batch_sizes=(1, 2), rome_edits=2, stats_tokens=2000,
+                   hparams={"v_steps": 2}, progress=False)
+    assert [(r.method, r.batch, r.edits) for r in rows] == [("rome", 1, 2), ("memit", 1, 1), ("memit", 2, 2)]
+    assert all(r.seconds > 0 and r.peak_mb > 0 and r.threads == __import__("torch").get_num_threads() for r in rows)
+    table = markdown(rows).splitlines()
+    assert len(table) == 2 + len(rows) and "| tiny-llama | cpu | float32 |" in table[2]

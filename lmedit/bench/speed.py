@@ -99,6 +99,7 @@ class SpeedRow:
     seconds_per_edit: float
     peak_mb: float
     stats_seconds: float
+    threads: int  # torch's CPU threads (OMP_NUM_THREADS / torch.set_num_threads)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -151,16 +152,17 @@ def measure(model_name: str = "smollm2-135m", methods: Sequence[str] = ("rome", 
             if hasattr(m, "reset"):
                 m.reset()
             rows.append(SpeedRow(model_name, device, dtype, method, batch, edits, round(seconds, 3),
-                                 round(seconds / edits, 4), round(mem.peak_mb, 1), round(stats_s, 2)))
+                                 round(seconds / edits, 4), round(mem.peak_mb, 1), round(stats_s, 2),
+                                 torch.get_num_threads()))
             if progress:
                 print(rows[-1].to_dict(), flush=True)
     return rows
 
 
 def markdown(rows: Sequence[SpeedRow]) -> str:
-    out = ["| model | device | dtype | method | batch | edits | total s | s / edit | peak MB | stats s (once) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| model | device | dtype | CPU threads | method | batch | edits | total s | s / edit | peak MB | stats s (once) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        out.append(f"| {r.model} | {r.device} | {r.dtype} | {r.method} | {r.batch} | {r.edits} | {r.seconds:.2f} | "
+        out.append(f"| {r.model} | {r.device} | {r.dtype} | {r.threads} | {r.method} | {r.batch} | {r.edits} | {r.seconds:.2f} | "
                    f"{r.seconds_per_edit:.3f} | {r.peak_mb:.0f} | {r.stats_seconds:.1f} |")
     return "\n".join(out)
