@@ -86,6 +86,33 @@ def test_batched_and_serial_targets_agree(smol_tok):
     replayed = locate.optimise_targets(model, smol_tok, REQS, site, adapter=ad, layer=TINY_LAYER, **kw)
     assert torch.allclose(replayed.deltas[site[0].path], d_b, atol=1e-9)
     assert dict(model.named_parameters()).keys() == before.keys()
+    # every column recomputed at every step (no KV cache of the columns before the subject): the same
+    full = locate.optimise_targets(model, smol_tok, REQS, site, reuse_prefix=False, **kw)
+    assert torch.allclose(full.deltas[site[0].path], d_b, atol=1e-9)
+
+
+def test_rows_aligned_on_the_subject_keep_their_tokens_and_targets(smol_tok):
+    rows = locate._target_rows(smol_tok, REQS, ["Note: "])
+    al = locate.align_on_subject(rows, pad_id=0)
+    assert (al.subj_pos == al.subj_pos[0]).all()
+    for b in range(len(rows.owner)):
+        own = rows.input_ids[b][rows.attention_mask[b].bool()]
+        assert torch.equal(al.input_ids[b][al.attention_mask[b].bool()], own)
+        assert torch.equal(al.input_ids[b, al.subj_pos[b]], rows.input_ids[b, rows.subj_pos[b]])
+        assert torch.equal(al.extra["tgt"][b][al.extra["tmask"][b]], rows.extra["tgt"][b][rows.extra["tmask"][b]])
+        assert al.extra["position_ids"][b, al.lengths[b] - 1] == rows.lengths[b] - 1  # positions count own tokens
+
+
+def test_fixed_prefix_gives_the_same_targets_on_the_real_model(smol):
+    model, tok = smol
+    ad = ModelAdapter(model)
+    site = [locate.Site(ad.mlp_out_path(4), norm_ref="residual", block=ad.block_path(4))]
+    kw = dict(steps=3, lr=0.5, stop_loss=0.0, adapter=ad, layer=4, prefixes=["Note: "])
+    fast = locate.optimise_targets(model, tok, REQS[:2], site, **kw)
+    full = locate.optimise_targets(model, tok, REQS[:2], site, reuse_prefix=False, **kw)
+    assert fast.deltas[site[0].path].abs().max() > 1e-3
+    assert torch.allclose(fast.deltas[site[0].path], full.deltas[site[0].path], atol=1e-4, rtol=1e-3)
+    assert torch.allclose(fast.nll, full.nll, atol=1e-4)
 
 
 def test_early_stop_freezes_a_request(smol_tok):

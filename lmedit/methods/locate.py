@@ -228,10 +228,63 @@ def _target_rows(tok, requests: Sequence[EditRequest], prefixes: Sequence[str]) 
                 {"n_ctx": len(ctxs), "tmask": tmask, "tgt": tgt, "kl": torch.tensor(kl)})
 
 
-def _scored_logprobs(model, rows: Rows, sel) -> torch.Tensor:
+def align_on_subject(rows: Rows, pad_id: int) -> Rows:
+    """The same rows, left-padded so that every row's subject last token sits in one column c.
+
+    δ enters at that column, and attention is causal, so columns < c are the same at every step of
+    the optimisation: they are computed once and kept as a KV cache (`_FixedPrefix`). Target columns
+    (`tmask`, `tgt`) move with their rows; `lengths` becomes each row's end column; position ids
+    count each row's own tokens from 0 (extra["position_ids"])."""
+    shift = rows.subj_pos.max() - rows.subj_pos
+    ends = rows.lengths + shift
+    B, W = len(shift), int(ends.max())
+    cols = torch.arange(rows.input_ids.shape[1])[None] + shift[:, None]  # new column of each old one
+    keep = rows.attention_mask.bool()
+    b_idx = torch.arange(B)[:, None].expand_as(cols)
+
+    def moved(x: torch.Tensor, fill) -> torch.Tensor:
+        out = torch.full((B, W), fill, dtype=x.dtype)
+        out[b_idx[keep], cols[keep]] = x[keep]
+        return out
+
+    ids = moved(rows.input_ids, pad_id)
+    att = moved(rows.attention_mask, 0)
+    extra = dict(rows.extra)
+    for k in ("tmask", "tgt"):
+        if k in extra:
+            extra[k] = moved(extra[k], 0)
+    extra["position_ids"] = (att.cumsum(1) - 1).clamp(min=0)
+    return Rows(ids, att, rows.subj_pos + shift, rows.owner, ends, extra)
+
+
+class _FixedPrefix:
+    """Model inputs for the columns from `start` on, with columns < start run once (no grad) and
+    handed to every call as a fresh KV cache (a used cache holds the previous step's graph)."""
+
+    def __init__(self, model, rows: Rows, start: int):
+        self.model, self.rows, self.start = model, rows, start
+        self.kv = None
+        if start > 0:
+            with torch.no_grad():
+                out = model.base_model(input_ids=rows.input_ids[:, :start], attention_mask=rows.attention_mask[:, :start],
+                                       position_ids=rows.extra["position_ids"][:, :start], use_cache=True)
+            self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+    def inputs(self) -> dict:
+        r, c = self.rows, self.start
+        out = {"input_ids": r.input_ids[:, c:], "attention_mask": r.attention_mask,
+               "position_ids": r.extra["position_ids"][:, c:], "use_cache": self.kv is not None}
+        if self.kv is not None:
+            from transformers import DynamicCache
+
+            out["past_key_values"] = DynamicCache(ddp_cache_data=self.kv, config=self.model.config)
+        return out
+
+
+def _scored_logprobs(model, inputs: dict, sel) -> torch.Tensor:
     """Log-probabilities (float32) at the selected (row, position) pairs only: the trunk runs on all
     tokens, the unembedding only where a score is needed (it is a large share of a small model)."""
-    hidden = model.base_model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)[0]
+    hidden = model.base_model(**inputs)[0]
     logits = model.get_output_embeddings()(hidden[sel])
     return torch.log_softmax(logits.float(), dim=-1)
 
@@ -247,22 +300,30 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
                      prefixes: Sequence[str] = DEFAULT_PREFIXES, lr: float = 0.5, steps: int = 20,
                      kl_factor: float = 0.0625, weight_decay: float = 1e-3, clamp_norm_factor: float = 4.0,
                      stop_loss: float = 5e-2, adapter: ModelAdapter | None = None,
-                     layer: int | None = None) -> TargetResult:
+                     layer: int | None = None, reuse_prefix: bool = True) -> TargetResult:
     """Optimise one δ per request and site, all requests in one padded forward/backward per step.
 
     See the module docstring for the loss. Model parameters are not changed (their requires_grad flags
     are restored). Returns float32 tensors on the model's device. With `adapter` and `layer` (the block
     that holds every site), the blocks below `layer` run once, not at every step (their output does
-    not depend on δ).
+    not depend on δ). The columns before the subject's last token are computed once too
+    (`reuse_prefix`; False recomputes them at every step, for tests).
     """
     n = len(requests)
     dev = _device(model)
-    rows = _target_rows(tok, requests, prefixes).to(dev)
-    tmask, tgt, is_kl = rows.extra["tmask"].to(dev), rows.extra["tgt"].to(dev), rows.extra["kl"].to(dev)
+    rows = align_on_subject(_target_rows(tok, requests, prefixes), _pad_id(tok))
+    rows.extra["position_ids"] = rows.extra["position_ids"].to(dev)
+    rows = rows.to(dev)
+    # every row's subject ends in column c; nothing before it changes with δ (see align_on_subject)
+    c = int(rows.subj_pos[0]) if reuse_prefix else 0
+    fixed = _FixedPrefix(model, rows, c)
+    subj = rows.subj_pos - c  # δ's column in the computed part: 0
+    tmask, tgt = rows.extra["tmask"].to(dev)[:, c:], rows.extra["tgt"].to(dev)[:, c:]
+    is_kl = rows.extra["kl"].to(dev)
     B = len(rows.owner)
     bidx = torch.arange(B, device=dev)
     kl_rows = bidx[is_kl]
-    kl_last = rows.lengths[is_kl] - 1
+    kl_last = rows.lengths[is_kl] - 1 - c
     n_ctx = rows.extra["n_ctx"]
     rw_owner = rows.owner[~is_kl]
     ntok = tmask.sum(1).clamp(min=1).float()
@@ -280,8 +341,7 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
     def add_delta(name, output):
         out = output[0] if isinstance(output, tuple) else output
         d = deltas[name]
-        add = torch.zeros(out.shape, dtype=d.dtype, device=out.device).index_put(
-            (bidx, rows.subj_pos), d[rows.owner])
+        add = torch.zeros(out.shape, dtype=d.dtype, device=out.device).index_put((bidx, subj), d[rows.owner])
         new = out + add.to(out.dtype)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
@@ -292,7 +352,7 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
     ref: dict[str, torch.Tensor] = {}
     kl_init = None
     loss_i = nll_i = torch.zeros(n, device=dev)
-    replay = (adapter.replay_below(layer, input_ids=rows.input_ids, attention_mask=rows.attention_mask)
+    replay = (adapter.replay_below(layer, **fixed.inputs())
               if adapter is not None and layer is not None else contextlib.nullcontext())
     try:
         for p in model.parameters():
@@ -303,14 +363,14 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
                     if step == 0:
                         blocks = [s.block for s in sites if s.norm_ref == "residual"]
                         with Trace(model, [s.path for s in sites] + blocks, keep_output=True) as cap:
-                            logp = _scored_logprobs(model, rows, sel)
+                            logp = _scored_logprobs(model, fixed.inputs(), sel)
                         bare = ~is_kl & (torch.arange(B, device=dev) % n_ctx == 0)
                         for s in sites:
-                            init[s.path] = cap[s.path].output[bare, rows.subj_pos[bare]].float()
+                            init[s.path] = cap[s.path].output[bare, subj[bare]].float()
                             src = cap[s.block].output if s.norm_ref == "residual" else cap[s.path].output
-                            ref[s.path] = src[bare, rows.subj_pos[bare]].float()
+                            ref[s.path] = src[bare, subj[bare]].float()
                     else:
-                        logp = _scored_logprobs(model, rows, sel)  # (n_sel, V) at the scored positions only
+                        logp = _scored_logprobs(model, fixed.inputs(), sel)  # (n_sel, V) at the scored positions only
                     tok_lp = torch.zeros(B, tmask.shape[1], device=dev).index_put(
                         (sel_b[:n_t], sel_t[:n_t]), logp[:n_t].gather(-1, sel_tgt.unsqueeze(-1)).squeeze(-1))
                     row_nll = -(tok_lp.sum(1) / ntok)[~is_kl]  # (n * n_ctx,)
