@@ -22,6 +22,10 @@ Three things:
     the total loss is the SUM of the per-request losses and Adam is elementwise, so a request's δ
     does not depend on which other requests share the batch. A request whose loss drops below
     `stop_loss` is frozen (its δ is kept at the value that reached the threshold).
+    Cost: rows are aligned so that every subject ends in one column; the columns before it cannot
+    depend on δ (causal attention) and run once, as a KV cache, and the blocks below the edit layer
+    run once too (`ModelAdapter.replay_below`), so a step costs the upper blocks over the rest of
+    each row only.
 
 (c) Helpers that read module inputs/outputs at the subject's last token for given contexts, and
     `second_moments`, the bridge to `lmedit.stats`.
