@@ -90,8 +90,9 @@ class Rows:
     extra: dict = field(default_factory=dict)
 
     def to(self, device) -> "Rows":
+        extra = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.extra.items()}
         return Rows(self.input_ids.to(device), self.attention_mask.to(device), self.subj_pos.to(device),
-                    self.owner.to(device), self.lengths.to(device), self.extra)
+                    self.owner.to(device), self.lengths.to(device), extra)
 
 
 def _pad_id(tok) -> int:
@@ -315,15 +316,12 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
     """
     n = len(requests)
     dev = _device(model)
-    rows = align_on_subject(_target_rows(tok, requests, prefixes), _pad_id(tok))
-    rows.extra["position_ids"] = rows.extra["position_ids"].to(dev)
-    rows = rows.to(dev)
+    rows = align_on_subject(_target_rows(tok, requests, prefixes), _pad_id(tok)).to(dev)
     # every row's subject ends in column c; nothing before it changes with δ (see align_on_subject)
     c = int(rows.subj_pos[0]) if reuse_prefix else 0
     fixed = _FixedPrefix(model, rows, c)
     subj = rows.subj_pos - c  # δ's column in the computed part: 0
-    tmask, tgt = rows.extra["tmask"].to(dev)[:, c:], rows.extra["tgt"].to(dev)[:, c:]
-    is_kl = rows.extra["kl"].to(dev)
+    tmask, tgt, is_kl = rows.extra["tmask"][:, c:], rows.extra["tgt"][:, c:], rows.extra["kl"]
     B = len(rows.owner)
     bidx = torch.arange(B, device=dev)
     kl_rows = bidx[is_kl]
