@@ -133,6 +133,7 @@ def test_sequential_run_reuses_another_runs_pre_edit_observations(tmp_path, obse
         run(cfg(protocol="sequential", n=2, pre_from=str(tmp_path)), tmp_path / "d")
     with pytest.raises(RunError, match="observed at once"):  # batched differently: not reused
         run(cfg(protocol="single", n=2, pre_from=str(tmp_path / "a")), tmp_path / "e")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()  # refused runs leave nothing
 
 
 def test_single_edit_runs_keep_and_reuse_pre_edit_observations(tmp_path, observed):

@@ -327,6 +327,8 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, 
     from .report import write_report
 
     run_dir = Path(run_dir)
+    if cfg.pre_from:  # a source made with other settings is refused before anything is written
+        reused_pre(cfg, Path(cfg.pre_from), 0)
     prepare_dir(cfg, run_dir, resume)
     editor, reqs, info = _setup(cfg)
     method, hp, _ = editor.prepare(reqs[:1], cfg.method, cfg.hparams_file or cfg.hparams)
