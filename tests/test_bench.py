@@ -80,6 +80,35 @@ def test_sequential_interrupted_then_resumed_loses_nothing(tmp_path, monkeypatch
     assert (tmp_path / "s" / "plots" / "retention_tf_reliability.png").is_file()
 
 
+def test_sequential_run_saves_its_weights_between_checkpoints(tmp_path, monkeypatch):
+    """With no checkpoint before the end, a kill still loses at most `save_every` edits."""
+    from lmedit.methods import ft
+
+    c = cfg(protocol="sequential", n=5, checkpoints=[], save_every=2)
+    calls = {"n": 0}
+    original = ft._FineTune.execute
+
+    def crash_on_fourth(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(ft._FineTune, "execute", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run(c, tmp_path / "s")
+    saved = json.loads((tmp_path / "s" / "state" / "state.json").read_text())
+    assert saved["edits_done"] == 2 and saved["edit_seconds"] > 0
+    assert not (tmp_path / "s" / "checkpoints.jsonl").exists()
+    s = run(c, tmp_path / "s", resume=True)
+    assert calls["n"] == 7  # edits 3, 4 and 5 after the crash
+    assert s["complete"] and [r["edits"] for r in s["checkpoints"]] == [5]
+    # the seconds spent on the two saved edits still count
+    assert s["checkpoints"][0]["edit_seconds"] > saved["edit_seconds"]
+    with pytest.raises(ValueError, match="save_every"):
+        cfg(protocol="sequential", save_every=-1)
+
+
 def test_sequential_memory_method_with_checkpoints_restarts_on_resume(tmp_path, monkeypatch):
     """GRACE keeps its edits outside the weights: checkpoints work, and an interrupted run restarts
     its sequence on --resume without keeping the earlier attempt's checkpoints."""

@@ -56,6 +56,8 @@ def run_cmd(
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     pre_from: Optional[str] = typer.Option(None, help="reuse the unedited model's observations from this run "
                                                       "directory (same model, data, scoring settings and batching)"),
+    save_every: int = typer.Option(50, help="sequential: also save the edited weights every this many edits, "
+                                            "so --resume loses at most that many (0: at checkpoints only)"),
 ):
     """Run a benchmark, e.g.
 
@@ -74,7 +76,7 @@ def run_cmd(
                         cf_scores=not no_cf_scores,
                         general_tasks=[t for t in general.split(",") if t], general_n=general_n,
                         skip_invalid=skip_invalid, dtype=dtype, device=device, workers=workers, ray=ray,
-                        pre_from=pre_from)
+                        pre_from=pre_from, save_every=save_every)
         summary = run(cfg, out, resume=resume)
     except (RunError, ValueError, KeyError) as e:
         console.print(f"[bold red]error:[/] {e}")

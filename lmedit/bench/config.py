@@ -9,7 +9,7 @@ from typing import Any
 PROTOCOLS = ("single", "batch", "sequential")
 
 # fields that may differ between a run and its --resume without changing its results
-RESUME_FREE = {"workers", "ray", "progress", "pre_from"}
+RESUME_FREE = {"workers", "ray", "progress", "pre_from", "save_every"}
 # settings that decide what the unedited model is asked and how: a run may reuse another's pre-edit
 # observations (--pre-from) only when these agree
 PRE_EVAL_KEYS = ("model", "dataset", "data_path", "start", "skip_invalid", "generation", "max_new_tokens",
@@ -42,6 +42,7 @@ class RunConfig:
     ray: str | None = None  # "auto" or a cluster address: shard over Ray instead
     progress: bool = True
     pre_from: str | None = None  # reuse this run directory's pre-edit observations (same settings)
+    save_every: int = 50  # sequential: also save the edited weights every this many edits (0: at checkpoints only)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -56,6 +57,8 @@ class RunConfig:
             raise ValueError("workers must be >= 1")
         if self.protocol == "sequential" and (self.workers > 1 or self.ray):
             raise ValueError("a sequential run is one chain of edits; it cannot be sharded over workers")
+        if self.save_every < 0:
+            raise ValueError("save_every must be >= 0")
         if any(c < 1 for c in self.checkpoints):
             raise ValueError("checkpoints must be >= 1")
         self.checkpoints = sorted(set(self.checkpoints))

@@ -156,12 +156,17 @@ def run_independent(cfg: RunConfig, editor, reqs, out: Path, todo: list[int]) ->
     bar.close()
 
 
-def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_done: int) -> None:
+def _resumable(handle: CompositeHandle) -> bool:
+    return all(isinstance(h, WeightEdit) for h in handle.handles)
+
+
+def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_done: int,
+                edit_seconds: float = 0.0) -> None:
     """The edited weights (and any method state) after `edits_done` edits, written atomically."""
     from safetensors.torch import save_file
 
     params: dict[str, torch.Tensor] = {}
-    if not all(isinstance(h, WeightEdit) for h in handle.handles):
+    if not _resumable(handle):
         # memory / added-parameter methods keep their edits outside the weights: nothing to save,
         # an interrupted run of theirs restarts its sequence (`run_sequential` drops stale checkpoints)
         log.warning("%s: no resumable state (its edits are not weight edits); --resume restarts the sequence",
@@ -176,7 +181,7 @@ def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_don
     extra = method.resume_state(model)
     if extra is not None:
         torch.save(extra, tmp / "method.pt")
-    (tmp / "state.json").write_text(json.dumps({"edits_done": edits_done}))
+    (tmp / "state.json").write_text(json.dumps({"edits_done": edits_done, "edit_seconds": edit_seconds}))
     if state.exists():
         old = run_dir / "state.old"
         os.replace(state, old)
@@ -188,12 +193,13 @@ def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_don
         os.replace(tmp, state)
 
 
-def _load_state(run_dir: Path, model, method) -> int:
+def _load_state(run_dir: Path, model, method) -> tuple[int, float]:
+    """(edits done, seconds spent editing them) of the saved state, after loading it into the model."""
     from safetensors.torch import load_file
 
     state = run_dir / "state"
     if not (state / "state.json").is_file():
-        return 0
+        return 0, 0.0
     weights = load_file(str(state / "weights.safetensors"))
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -201,7 +207,8 @@ def _load_state(run_dir: Path, model, method) -> int:
             params[n].copy_(t.to(params[n].device, params[n].dtype))
     if (state / "method.pt").is_file():
         method.load_resume_state(model, torch.load(state / "method.pt"))
-    return json.loads((state / "state.json").read_text())["edits_done"]
+    saved = json.loads((state / "state.json").read_text())
+    return saved["edits_done"], saved.get("edit_seconds", 0.0)
 
 
 def observation_batch(cfg: RunConfig) -> int:
@@ -254,7 +261,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
         for i, o in zip(chunk, observe(editor.model, editor.tok, [reqs[i] for i in chunk], ecfg)):
             pre[i] = o
             append_jsonl(pre_file, {"index": i, "obs": o})
-    done = _load_state(run_dir, editor.model, m)
+    done, seconds = _load_state(run_dir, editor.model, m)
     if done:
         log.info("resuming after %d edits", done)
     else:  # starting (or restarting) the sequence: checkpoints of an earlier attempt no longer apply
@@ -268,7 +275,6 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
     checkpoints = [c for c in cfg.checkpoints if c < total] + [total]
     handle = CompositeHandle()
     bar = tqdm(total=total, initial=done, desc=f"{cfg.method} sequential", disable=not cfg.progress)
-    seconds = 0.0
     while done < total:
         nxt = min(c for c in checkpoints if c > done)
         while done < nxt:
@@ -276,8 +282,12 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
             t = time.perf_counter()
             handle.append(m.apply(editor.model, editor.tok, editor.adapter, batch, hp))
             seconds += time.perf_counter() - t
-            done += len(batch)
+            before, done = done, done + len(batch)
             bar.update(len(batch))
+            # between checkpoints too, so that a kill loses at most `save_every` edits of a long stretch
+            if cfg.save_every and done < nxt and done // cfg.save_every > before // cfg.save_every \
+                    and _resumable(handle):
+                _save_state(run_dir, editor.model, handle, m, done, seconds)
         edited = list(range(done))
         post = observe(editor.model, editor.tok, [reqs[i] for i in edited], ecfg)
         rows = [score(reqs[i], o, reference=pre[i]) for i, o in zip(edited, post)]
@@ -294,7 +304,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
             for i, o in zip(edited, post):
                 append_jsonl(run_dir / "cases.jsonl", _row(i, reqs[i], pre[i], o, seconds / total))
         else:
-            _save_state(run_dir, editor.model, handle, m, done)
+            _save_state(run_dir, editor.model, handle, m, done, seconds)
     bar.close()
 
 
