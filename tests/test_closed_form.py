@@ -119,6 +119,22 @@ def test_alphaedit_preserves_the_preserved_subspace(gen):
     assert torch.allclose(cf.nullspace_projector(C, 1e-8, relative=True), P, atol=TOL, rtol=0)
 
 
+def test_alphaedit_in_the_nullspace_basis_equals_the_projector_form(gen):
+    # a 4-dimensional null space; earlier edits summarised by their Gram matrix in that basis
+    basis = torch.linalg.qr(torch.randn(D_IN, D_IN, generator=gen, dtype=torch.float64))[0]
+    C = basis[:, :5] @ torch.diag(torch.linspace(1.0, 2.0, 5, dtype=torch.float64)) @ basis[:, :5].T
+    U = cf.nullspace_basis(C, threshold=1e-6)
+    assert U.shape == (D_IN, D_IN - 5) and torch.allclose(U.T @ U, torch.eye(D_IN - 5, dtype=torch.float64), atol=TOL)
+    K = torch.randn(D_IN, 3, generator=gen, dtype=torch.float64)
+    Kp = torch.randn(D_IN, 4, generator=gen, dtype=torch.float64)
+    R = torch.randn(D_OUT, 3, generator=gen, dtype=torch.float64)
+    ref = cf.alphaedit_update(K, R, U @ U.T, K_prev=Kp, alpha=0.5)
+    gram = (U.T @ Kp) @ (U.T @ Kp).T
+    assert torch.allclose(cf.alphaedit_update_in_basis(K, R, U, gram, alpha=0.5), ref, atol=TOL, rtol=0)
+    assert torch.allclose(cf.alphaedit_update_in_basis(K, R, U, None, alpha=0.5),
+                          cf.alphaedit_update(K, R, U @ U.T, alpha=0.5), atol=TOL, rtol=0)
+
+
 def test_alphaedit_with_full_nullspace_fits_edits_as_ridge(gen):
     # P = I (nothing to preserve) and alpha -> 0 fits the residuals exactly when n <= d_in
     K = torch.randn(D_IN, 3, generator=gen, dtype=torch.float64)

@@ -192,11 +192,18 @@ def test_alphaedit_sequential_keys_and_preserved_subspace(tiny):
     state.keys.clear()
     state.keys.update(kept)
     # the update lies in the null space: ΔW P = ΔW, so preserved directions are untouched
-    (P,) = [v for k, v in state.projectors.items() if k[0] == 1]
+    ((key, U),) = [(k, v) for k, v in state.bases.items() if k[0] == 1]
+    P = U @ U.T
     delta = ad.as_out_in(r2.handle.handles[0].deltas()[ad.param_name(ad.mlp_out_path(1))]).double()
     assert (delta - delta @ P.double()).abs().max() < 1e-5 * max(1.0, float(delta.abs().max()))
+    # the cached Gram matrix of earlier edits follows the keys: extended, then rebuilt after a removal
+    def gram_of(keys):
+        return (U.T @ keys.double()) @ (U.T @ keys.double()).T
+
+    assert torch.allclose(state.previous_gram(key, torch.float64), gram_of(state.previous_keys(1)))
     r2.restore()
     assert len(state.keys) == 1 and state.previous_keys(1).shape == (64, 1)
+    assert torch.allclose(state.previous_gram(key, torch.float64), gram_of(state.previous_keys(1)))
     r1.restore()
     assert state.keys == {}
 

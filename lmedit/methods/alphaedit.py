@@ -2,14 +2,18 @@
 
 MEMIT's multi-layer loop with the update projected onto the null space of the preserved keys:
   P_l = U Uᵀ, U = eigenvectors of C_l = E[kkᵀ] with eigenvalue < `nullspace_threshold`
-        (times the largest eigenvalue when `nullspace_relative`); computed once per (model, layer,
-        statistics, threshold) and cached in memory;
+        (times the largest eigenvalue when `nullspace_relative`); U is computed once per (model,
+        layer, statistics, threshold) and cached in memory;
   ΔW_l = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + αI)⁻¹        (closed_form.alphaedit_update)
-where K_p are the keys (at layer l) of the earlier edits still applied to this model. That state
-lives at class level, keyed weakly by the model (the registry builds a new method object per
-call): each applied edit records its keys under an id, and its handle (`AlphaEditHandle`, a
+where K_p are the keys (at layer l) of the earlier edits still applied to this model. The update is
+computed in the null-space basis (closed_form.alphaedit_update_in_basis), where the earlier edits
+enter only through the r×r Gram matrix Σ (UᵀK_p)(UᵀK_p)ᵀ; that matrix is cached and extended as
+edits arrive, so an edit costs the same after 10 or 10,000 earlier ones.
+
+That state lives at class level, keyed weakly by the model (the registry builds a new method object
+per call): each applied edit records its keys under an id, and its handle (`AlphaEditHandle`, a
 WeightEdit) removes them again when the edit is restored, so a restored edit no longer constrains
-later ones.
+later ones (the cached Gram matrix is then rebuilt from the keys that remain).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 
 from . import locate
 from .base import WeightEdit
-from .closed_form import alphaedit_update, nullspace_projector
+from .closed_form import alphaedit_update_in_basis, nullspace_basis
 from .memit import MultiLayerHparams, _MultiLayer
 from .registry import register
 
@@ -39,15 +43,32 @@ class AlphaEditHparams(MultiLayerHparams):
 
 
 class _AlphaState:
-    """Per model: cached projectors and the keys of the edits currently applied."""
+    """Per model: cached null-space bases and the keys of the edits currently applied."""
 
     def __init__(self):
-        self.projectors: dict[tuple, torch.Tensor] = {}
+        self.bases: dict[tuple, torch.Tensor] = {}  # (layer, statistics, threshold) -> U (d_in, r) float64
         self.keys: dict[int, dict[int, torch.Tensor]] = {}  # edit id -> layer -> (d_in, n) float32 CPU
+        self._grams: dict[tuple, tuple[set[int], torch.Tensor]] = {}  # basis key -> (edit ids in it, Gram)
 
     def previous_keys(self, layer: int) -> torch.Tensor | None:
         ks = [k[layer] for k in self.keys.values() if layer in k]
         return torch.cat(ks, dim=1) if ks else None
+
+    def previous_gram(self, basis_key: tuple, dtype: torch.dtype) -> torch.Tensor | None:
+        """Σ (UᵀK_p)(UᵀK_p)ᵀ over the applied edits' keys at the basis's layer (None if there are none).
+        Extended with the edits added since the last call; rebuilt when an edit was removed."""
+        layer, U = basis_key[0], self.bases[basis_key]
+        ids = {i for i, k in self.keys.items() if layer in k}
+        if not ids:
+            return None
+        seen, G = self._grams.get(basis_key, (set(), None))
+        if not seen <= ids or G is None or G.dtype != dtype:
+            seen, G = set(), torch.zeros(U.shape[1], U.shape[1], dtype=dtype)
+        for i in sorted(ids - seen):
+            Kr = U.to(dtype).T @ self.keys[i][layer].to(dtype)
+            G = G + Kr @ Kr.T
+        self._grams[basis_key] = (ids, G)
+        return G
 
 
 _STATES: "weakref.WeakKeyDictionary[torch.nn.Module, _AlphaState]" = weakref.WeakKeyDictionary()
@@ -77,19 +98,18 @@ class AlphaEdit(_MultiLayer):
 
     def begin(self, model, adapter, layers, hp, moments):
         state = alphaedit_state(model)
-        proj = {}
+        basis_keys = {}
         for l in layers:
             key = (l, hp.mom2_n_tokens, str(hp.mom2_corpus), hp.nullspace_threshold, hp.nullspace_relative)
-            if key not in state.projectors:
-                state.projectors[key] = nullspace_projector(moments[l], hp.nullspace_threshold,
-                                                            hp.nullspace_relative).float()
-            proj[l] = state.projectors[key]
-        return {"state": state, "P": proj, "new_keys": {}}
+            if key not in state.bases:
+                state.bases[key] = nullspace_basis(moments[l], hp.nullspace_threshold, hp.nullspace_relative)
+            basis_keys[l] = key
+        return {"state": state, "basis_keys": basis_keys, "new_keys": {}}
 
     def layer_update(self, model, adapter, layer, K, R, C, hp, ctx):
-        P = ctx["P"][layer].to(K.device)
-        Kp = ctx["state"].previous_keys(layer)
-        return alphaedit_update(K, R, P, None if Kp is None else Kp.to(K.device), alpha=hp.l2, dtype=hp.dtype)
+        state, key = ctx["state"], ctx["basis_keys"][layer]
+        gram = state.previous_gram(key, hp.dtype)
+        return alphaedit_update_in_basis(K, R, state.bases[key].to(K.device), gram, alpha=hp.l2, dtype=hp.dtype)
 
     def after_layer(self, ctx, layer, K):
         ctx["new_keys"][layer] = K.detach().float().cpu()

@@ -22,6 +22,10 @@ Updates (all return ΔW of shape (d_out, d_in)):
                     P = U Uᵀ over eigenvectors of C with small eigenvalues (the approximate null
                     space of preserved keys); ΔW = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + αI)⁻¹, which has
                     ΔW k0 = 0 for every k0 with P k0 = 0 (preserved knowledge untouched).
+  nullspace_basis / alphaedit_update_in_basis
+                    the same update computed in the r-dimensional null-space basis U (r < d_in),
+                    with the earlier edits summarised by their r×r Gram matrix: cost independent of
+                    how many edits came before (what sequential AlphaEdit uses).
   spread_residual   MEMIT's (÷(L−l+1)) and PMET's (÷√(L−l+1)) split of a target shift over layers.
 """
 from __future__ import annotations
@@ -98,21 +102,27 @@ def emmet_update(K: Tensor, R: Tensor, C: Tensor, ridge: float = 0.0, dtype: tor
     return _sym_solve(M, R.T).T @ cinv_k.T
 
 
-def nullspace_projector(C: Tensor, threshold: float, relative: bool = False,
-                        dtype: torch.dtype = torch.float64) -> Tensor:
-    """AlphaEdit's null-space projector (Fang et al. 2025, sec. 3.2).
-
-    C (d_in, d_in) symmetric PSD (second moment K0 K0ᵀ of preserved keys, up to scale). With the
-    eigendecomposition C = Q diag(s) Qᵀ, U = the columns of Q whose eigenvalue is below `threshold`
-    (times the largest eigenvalue when `relative`), and P = U Uᵀ (d_in, d_in): the orthogonal
-    projector onto the approximate null space of the preserved keys, so ‖P K0‖ is small and
-    P k = 0 exactly for k in the span of the large-eigenvalue directions.
-    """
+def nullspace_basis(C: Tensor, threshold: float, relative: bool = False,
+                    dtype: torch.dtype = torch.float64) -> Tensor:
+    """U (d_in, r): orthonormal eigenvectors of C (symmetric PSD, d_in × d_in) whose eigenvalue is
+    below `threshold` (times the largest eigenvalue when `relative`): the approximate null space of
+    the preserved keys (Fang et al. 2025, sec. 3.2)."""
     C = _as(C, dtype)
     C = 0.5 * (C + C.T)
     s, Q = torch.linalg.eigh(C)
     cut = threshold * s.max() if relative else threshold
-    U = Q[:, s < cut]
+    return Q[:, s < cut]
+
+
+def nullspace_projector(C: Tensor, threshold: float, relative: bool = False,
+                        dtype: torch.dtype = torch.float64) -> Tensor:
+    """AlphaEdit's null-space projector P = U Uᵀ (d_in, d_in), U = `nullspace_basis(C, ...)`.
+
+    The orthogonal projector onto the approximate null space of the preserved keys (second moment
+    C = K0 K0ᵀ up to scale), so ‖P K0‖ is small and P k = 0 exactly for k in the span of the
+    large-eigenvalue directions.
+    """
+    U = nullspace_basis(C, threshold, relative, dtype)
     return U @ U.T
 
 
@@ -135,6 +145,27 @@ def alphaedit_update(K: Tensor, R: Tensor, P: Tensor, K_prev: Tensor | None = No
         M = M + Kp @ Kp.T
     A = P @ M + alpha * torch.eye(P.shape[0], dtype=dtype, device=dev)
     return torch.linalg.solve(A, P @ K @ R.T).T
+
+
+def alphaedit_update_in_basis(K: Tensor, R: Tensor, U: Tensor, prev_gram: Tensor | None = None,
+                              alpha: float = 1.0, dtype: torch.dtype = torch.float64) -> Tensor:
+    """`alphaedit_update` with P = U Uᵀ, computed in the null-space basis.
+
+    K (d_in, n), R (d_out, n), U (d_in, r) orthonormal columns, prev_gram (r, r) = Σ (UᵀK_p)(UᵀK_p)ᵀ
+    over the earlier edits' keys (or None). Every admissible update is ΔW = Δ̂ Uᵀ, and minimising
+    ‖Δ̂ UᵀK − R‖² + ‖Δ̂ UᵀK_p‖² + α‖Δ̂‖² gives
+        ΔW = R (UᵀK)ᵀ (G_p + (UᵀK)(UᵀK)ᵀ + αI)⁻¹ Uᵀ,
+    which satisfies ΔW (M P + αI) = R Kᵀ P, i.e. equals the paper's form. The r×r system is
+    symmetric positive definite (Cholesky), and the earlier edits enter only through G_p.
+    """
+    dev = K.device
+    K, R, U = (_as(t, dtype, dev) for t in (K, R, U))
+    Kr = U.T @ K  # (r, n)
+    A = Kr @ Kr.T + alpha * torch.eye(U.shape[1], dtype=dtype, device=dev)
+    if prev_gram is not None:
+        A = A + _as(prev_gram, dtype, dev)
+    Y = _sym_solve(A, Kr)  # (r, n) = A⁻¹ UᵀK
+    return R @ (U @ Y).T
 
 
 def spread_residual(target_shift: Tensor, layer_pos: int, n_layers: int, rule: str = "linear") -> Tensor:
