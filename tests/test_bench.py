@@ -109,22 +109,45 @@ def test_sequential_run_saves_its_weights_between_checkpoints(tmp_path, monkeypa
         cfg(protocol="sequential", save_every=-1)
 
 
-def test_sequential_memory_method_with_checkpoints_restarts_on_resume(tmp_path, monkeypatch):
-    """GRACE keeps its edits outside the weights: checkpoints work, and an interrupted run restarts
-    its sequence on --resume without keeping the earlier attempt's checkpoints."""
-    from lmedit.methods import grace
+def _crash_on(monkeypatch, method: str, call: int) -> dict:
+    """Make the method's apply raise KeyboardInterrupt on its `call`-th call; counts the calls."""
+    from lmedit.methods import get_method
 
-    c = cfg(method="grace", protocol="sequential", n=3, checkpoints=[1], hparams={"num_steps": 3})
-    original = grace.Grace._train_values
-    calls = {"n": 0}
+    cls = type(get_method(method))
+    calls, original = {"n": 0}, cls.apply
 
-    def crash_on_second(self, *a, **k):
+    def apply(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
-    monkeypatch.setattr(grace.Grace, "_train_values", crash_on_second)
+    monkeypatch.setattr(cls, "apply", apply)
+    return calls
+
+
+@pytest.mark.parametrize("method,hparams", [("grace", {"num_steps": 3}), ("ike", {})])
+def test_sequential_memory_method_resumes_from_its_saved_memory(tmp_path, monkeypatch, method, hparams):
+    """GRACE (codebook records) and IKE (stored facts) keep their edits outside the weights; the run saves
+    that memory, and a resumed run ends where an uninterrupted one does."""
+    c = cfg(method=method, protocol="sequential", n=3, checkpoints=[1], hparams=hparams)
+    whole = run(c, tmp_path / "whole")
+    calls = _crash_on(monkeypatch, method, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(c, tmp_path / "g")
+    assert [r["edits"] for r in read_jsonl(tmp_path / "g" / "checkpoints.jsonl")] == [1]
+    assert json.loads((tmp_path / "g" / "state" / "state.json").read_text())["edits_done"] == 1
+    s = run(c, tmp_path / "g", resume=True)
+    assert calls["n"] == 4  # edits 2 and 3 only: edit 1 came back from the saved memory
+    assert s["complete"] and [r["edits"] for r in s["checkpoints"]] == [1, 3]
+    assert s["post"] == whole["post"]
+
+
+def test_sequential_method_without_resume_state_restarts_on_resume(tmp_path, monkeypatch):
+    """LoRA adapters are not saved: an interrupted run restarts its sequence on --resume without
+    keeping the earlier attempt's checkpoints."""
+    c = cfg(method="lora", protocol="sequential", n=3, checkpoints=[1], hparams={"num_steps": 2})
+    calls = _crash_on(monkeypatch, "lora", 2)
     with pytest.raises(KeyboardInterrupt):
         run(c, tmp_path / "g")
     assert [r["edits"] for r in read_jsonl(tmp_path / "g" / "checkpoints.jsonl")] == [1]

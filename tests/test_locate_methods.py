@@ -187,7 +187,7 @@ def test_alphaedit_sequential_keys_and_preserved_subspace(tiny):
     saved = get_method("alphaedit").resume_state(model)
     kept = dict(state.keys)
     state.keys.clear()
-    get_method("alphaedit").load_resume_state(model, saved)
+    get_method("alphaedit").load_resume_state(model, tok, None, saved)
     assert torch.equal(state.previous_keys(1), torch.cat([k[1] for k in kept.values()], dim=1))
     state.keys.clear()
     state.keys.update(kept)

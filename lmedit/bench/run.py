@@ -6,12 +6,14 @@ Run directory:
     pre.jsonl          the unedited model's observation of each case (pre.w<k>.jsonl per worker)
     checkpoints.jsonl  sequential: metrics over the edits made so far, at each checkpoint
     general.jsonl      general-ability scores before editing and at each checkpoint
-    state/             sequential: the edited weights at the last checkpoint (for --resume)
+    state/             sequential: the edited weights (and the method's own memory, see
+                       EditMethod.resume_state) at the last checkpoint or every `save_every` edits
     summary.json, report.md, plots/*.png   written at the end (see report.py)
 
 Every line is appended and flushed as soon as it is known, so a run killed half-way loses at
-most the case (or the stretch since the last checkpoint) it was working on; `resume=True`
-skips what is already on disk.
+most the case (or the edits since the last save) it was working on; `resume=True` skips what is
+already on disk. Methods that cannot save their state (WISE, T-Patcher, LoRA/MELO) restart their
+sequence on resume; their pre-edit observations are still kept.
 """
 from __future__ import annotations
 
@@ -156,24 +158,21 @@ def run_independent(cfg: RunConfig, editor, reqs, out: Path, todo: list[int]) ->
     bar.close()
 
 
-def _resumable(handle: CompositeHandle) -> bool:
-    return all(isinstance(h, WeightEdit) for h in handle.handles)
-
-
 def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_done: int,
                 edit_seconds: float = 0.0) -> None:
     """The edited weights (and any method state) after `edits_done` edits, written atomically."""
     from safetensors.torch import save_file
 
     params: dict[str, torch.Tensor] = {}
-    if not _resumable(handle):
-        # memory / added-parameter methods keep their edits outside the weights: nothing to save,
+    if not method.can_resume():
+        # added-parameter methods without `resume_state` (WISE, T-Patcher, LoRA/MELO): nothing saved,
         # an interrupted run of theirs restarts its sequence (`run_sequential` drops stale checkpoints)
-        log.warning("%s: no resumable state (its edits are not weight edits); --resume restarts the sequence",
+        log.warning("%s: no resumable state (it does not save its added parameters); --resume restarts the sequence",
                     method.name)
         return
     for h in handle.handles:
-        params.update({n: p.detach().cpu().contiguous() for n, p in h.params.items()})
+        if isinstance(h, WeightEdit):
+            params.update({n: p.detach().cpu().contiguous() for n, p in h.params.items()})
     state = run_dir / "state"
     tmp = run_dir / "state.tmp"
     tmp.mkdir(exist_ok=True)
@@ -193,7 +192,7 @@ def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_don
         os.replace(tmp, state)
 
 
-def _load_state(run_dir: Path, model, method) -> tuple[int, float]:
+def _load_state(run_dir: Path, model, tok, method, hp) -> tuple[int, float]:
     """(edits done, seconds spent editing them) of the saved state, after loading it into the model."""
     from safetensors.torch import load_file
 
@@ -206,7 +205,8 @@ def _load_state(run_dir: Path, model, method) -> tuple[int, float]:
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
     if (state / "method.pt").is_file():
-        method.load_resume_state(model, torch.load(state / "method.pt"))
+        device = next(model.parameters()).device
+        method.load_resume_state(model, tok, hp, torch.load(state / "method.pt", map_location=device))
     saved = json.loads((state / "state.json").read_text())
     return saved["edits_done"], saved.get("edit_seconds", 0.0)
 
@@ -261,7 +261,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
         for i, o in zip(chunk, observe(editor.model, editor.tok, [reqs[i] for i in chunk], ecfg)):
             pre[i] = o
             append_jsonl(pre_file, {"index": i, "obs": o})
-    done, seconds = _load_state(run_dir, editor.model, m)
+    done, seconds = _load_state(run_dir, editor.model, editor.tok, m, hp)
     if done:
         log.info("resuming after %d edits", done)
     else:  # starting (or restarting) the sequence: checkpoints of an earlier attempt no longer apply
@@ -286,7 +286,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
             bar.update(len(batch))
             # between checkpoints too, so that a kill loses at most `save_every` edits of a long stretch
             if cfg.save_every and done < nxt and done // cfg.save_every > before // cfg.save_every \
-                    and _resumable(handle):
+                    and m.can_resume():
                 _save_state(run_dir, editor.model, handle, m, done, seconds)
         edited = list(range(done))
         post = observe(editor.model, editor.tok, [reqs[i] for i in edited], ecfg)

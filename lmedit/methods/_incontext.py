@@ -473,7 +473,8 @@ class InContextMethod(EditMethod):
             self._minilm = make_embedder(name)
         return self._minilm
 
-    def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: HParams) -> InContextHandle:
+    def _memory(self, model, tok, hp: HParams) -> tuple[ContextHooks, InContextMemory, bool]:
+        """(hooks, memory, whether they were created now): the model's in-context memory, or a new one."""
         hooks = ContextHooks.find(model)
         if hooks is not None:
             memory = hooks.router
@@ -483,13 +484,14 @@ class InContextMethod(EditMethod):
             if memory.hp != hp:
                 raise ValueError(f"{self.name}: the model's memory was built with other hparams "
                                  f"({memory.hp}); restore its edits or apply with the same hparams")
-            created = False
-        else:
-            memory = self.make_memory(model, tok, hp)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-            bos = tok.bos_token_id if _adds_bos(tok) else None
-            hooks = ContextHooks(model, memory, bos_id=bos, pad_id=pad, alt_model=memory.alt_model)
-            created = True
+            return hooks, memory, False
+        memory = self.make_memory(model, tok, hp)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        bos = tok.bos_token_id if _adds_bos(tok) else None
+        return ContextHooks(model, memory, bos_id=bos, pad_id=pad, alt_model=memory.alt_model), memory, True
+
+    def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: HParams) -> InContextHandle:
+        hooks, memory, created = self._memory(model, tok, hp)
         try:
             with hooks.paused():
                 ids = memory.add(requests)
@@ -498,6 +500,22 @@ class InContextMethod(EditMethod):
                 hooks.remove()
             raise
         return InContextHandle(hooks, memory, ids)
+
+    def can_resume(self) -> bool:
+        return True
+
+    def resume_state(self, model) -> dict:
+        """The stored entries (each a key tensor and a text), in edit order."""
+        hooks = ContextHooks.find(model)
+        return {"entries": [list(e) for e in hooks.router.entries.values()] if hooks is not None else []}
+
+    def load_resume_state(self, model, tok, hparams, state: dict) -> None:
+        if not state["entries"]:
+            return
+        _, memory, _ = self._memory(model, tok, hparams)
+        for e in state["entries"]:
+            memory.entries[next(memory._ids)] = tuple(e)
+        memory.rebuild()
 
 
 def _adds_bos(tok) -> bool:

@@ -118,7 +118,7 @@ class AlphaEdit(_MultiLayer):
     def resume_state(self, model) -> dict:
         return {"keys": list(alphaedit_state(model).keys.values())}
 
-    def load_resume_state(self, model, state: dict) -> None:
+    def load_resume_state(self, model, tok, hparams, state: dict) -> None:
         keys = alphaedit_state(model).keys
         for k in state["keys"]:
             keys[next(_IDS)] = k

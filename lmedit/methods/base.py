@@ -79,12 +79,18 @@ class EditMethod:
               hparams: HParams) -> EditHandle:
         raise NotImplementedError
 
+    def can_resume(self) -> bool:
+        """Whether a sequential run of this method can be saved and resumed half-way: weight edits
+        always can (the weights are saved); other methods when they implement `resume_state`."""
+        return self.edits_weights
+
     def resume_state(self, model: nn.Module) -> dict | None:
         """What, besides the edited weights, a resumed sequential run needs (AlphaEdit: the keys of
-        the edits so far); None when the weights say it all."""
+        the edits so far; GRACE: its codebook records; IKE: its stored facts); None when the weights
+        say it all. Plain tensors, strings and numbers only (it is saved with torch.save)."""
         return None
 
-    def load_resume_state(self, model: nn.Module, state: dict) -> None:
+    def load_resume_state(self, model: nn.Module, tok, hparams: HParams, state: dict) -> None:
         """Put back what `resume_state` returned, on a model that carries the saved weights."""
 
 

@@ -195,6 +195,22 @@ class Grace(EditMethod):
         if model.get_submodule(adaptor.path) is adaptor:
             swap_module(model, adaptor.path, adaptor.base)
 
+    def can_resume(self) -> bool:
+        return True
+
+    def resume_state(self, model) -> dict:
+        """Every codebook's per-edit records, in edit order (the codebook is their replay)."""
+        return {"codebooks": [
+            {"path": m.path, "records": [{"key": r.key, "value": r.value, "label": r.label, "eps_init": r.eps_init}
+                                         for r in m.records.values()]}
+            for m in model.modules() if isinstance(m, GraceAdaptor) and m.records]}
+
+    def load_resume_state(self, model, tok, hparams, state: dict) -> None:
+        for book in state["codebooks"]:
+            adaptor = self.install(model, book["path"])
+            for r in book["records"]:
+                adaptor.add(_Record(r["key"], r["value"], r["label"], r["eps_init"]))
+
     def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: GraceHparams) -> GraceHandle:
         path = adapter.mlp_out_path(hp.layer)
         adaptor = self.install(model, path)
