@@ -208,6 +208,15 @@ def test_alphaedit_sequential_keys_and_preserved_subspace(tiny):
     assert state.keys == {}
 
 
+def test_alphaedit_with_an_empty_null_space_refuses_and_leaves_the_model(tiny, state_of, same_state):
+    model, tok = tiny
+    snap = state_of(model)
+    hp = dict(FAST, layers=[0, 1], nullspace_threshold=1e-30)
+    with pytest.raises(ValueError, match="null space at layer 0 is empty"):
+        Editor(model, tok).edit(REQS[:1], method="alphaedit", hparams=hp, evaluate=False)
+    assert same_state(model, snap) and alphaedit_state(model).keys == {}
+
+
 # --- the real model ------------------------------------------------------------------------------
 def _efficacy(model, tok, reqs):
     from lmedit.evaluate.scoring import teacher_forced

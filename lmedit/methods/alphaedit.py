@@ -102,7 +102,14 @@ class AlphaEdit(_MultiLayer):
         for l in layers:
             key = (l, hp.mom2_n_tokens, str(hp.mom2_corpus), hp.nullspace_threshold, hp.nullspace_relative)
             if key not in state.bases:
-                state.bases[key] = nullspace_basis(moments[l], hp.nullspace_threshold, hp.nullspace_relative)
+                U = nullspace_basis(moments[l], hp.nullspace_threshold, hp.nullspace_relative)
+                if U.shape[1] == 0:  # every update would be zero: say so instead of editing nothing
+                    low = float(torch.linalg.eigvalsh(moments[l].double()).min())
+                    raise ValueError(f"alphaedit: the null space at layer {l} is empty (no eigenvalue of E[kkᵀ] "
+                                     f"below nullspace_threshold {hp.nullspace_threshold:g}"
+                                     f"{' x the largest' if hp.nullspace_relative else ''}; the smallest is "
+                                     f"{low:.3g}); raise the threshold")
+                state.bases[key] = U
             basis_keys[l] = key
         return {"state": state, "basis_keys": basis_keys, "new_keys": {}}
 
