@@ -24,6 +24,8 @@ CASES = {
     "lora": ({"num_steps": 20}, {"min_locality": 0.0}),
     # retrieve mode + linear merge: edit #3 opens a second side memory
     "wise-retrieve": ({"merge": "linear", "shards_per_memory": 2}, {"min_locality": 0.9, "data": "zsre"}),
+    # replay: shard #2 of a memory trains with that memory's edit #1
+    "wise-replay": ({"merge": "ties", "shards_per_memory": 2, "replay": True}, {"min_locality": 0.9, "data": "zsre"}),
     # T-Patcher gates on the last prompt token at the last layer, where a CounterFact neighbour (same
     # relation, other subject) is closer to the edit prompt than its paraphrase (median cosine 0.91 vs
     # 0.87 on 20 cases): it is tested on ZsRE, whose locality prompts are other questions
@@ -44,7 +46,7 @@ def _modules(model):
 def test_three_sequential_edits_remove_middle_and_restore_exactly(smol, state_of, same_state, method):
     model, tok = smol
     hparams, expect = CASES[method]
-    method = method.removesuffix("-retrieve")
+    method = method.split("-")[0] if method.startswith("wise") else method
     assert get_method(method).edits_weights is False
     before, modules = state_of(model), _modules(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -92,6 +94,26 @@ def test_grace_codebook_add_expand_split_and_replay_on_removal():
     assert torch.equal(ad.entries[1].value, 3 * v)
     ad.remove([far, b, c])
     assert ad.entries == [] and torch.allclose(ad(x), base(x))
+
+
+def test_wise_routes_to_the_newest_memory_that_fires_and_drops_memories_left_empty():
+    from lmedit.methods.wise import WiseHandle, WiseMemory, _Memory, _Shard
+
+    base = nn.Linear(2, 2, bias=False)
+    w = WiseMemory(base, "x", irr_acts=torch.zeros(1, 2))
+    old = _Memory(delta=torch.tensor([[4.0, 0.0], [0.0, 4.0]]), eps=1.0)  # fires on both inputs, far above its ε
+    new = _Memory(delta=torch.tensor([[0.0, 0.0], [0.0, 2.0]]), eps=1.0)  # fires on the second input only
+    w.memories = [old, new]
+    x = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # (B=2, T=1, 2)
+    out = w(x)
+    assert torch.allclose(out[0, 0], base(x[0, 0]) + torch.tensor([4.0, 0.0]))  # only the old memory fires
+    assert torch.allclose(out[1, 0], base(x[1, 0]) + torch.tensor([0.0, 2.0]))  # both fire: the newer answers
+    # a memory opened for a shard whose training then failed is dropped when that edit is undone
+    old.shards = [_Shard(0, old.delta, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))]
+    w.memories = [old, _Memory()]
+    model = nn.Sequential()
+    WiseHandle(None, model, w, None, "linear", 1.0).restore()
+    assert w.memories == [old]
 
 
 def test_ties_merge_trims_elects_sign_and_averages_agreeing_entries():

@@ -13,8 +13,10 @@ and generated tokens inherit the prompt's decision. Training and teacher-forced 
 same rule. In KV-cached generation the decision made on the prompt is kept for the generated
 tokens (a call with tokens already in the KV cache is a decoding step): the query is what the
 user wrote, and a generated '?' after an unrelated question was seen to open the memory. With
-several side memories (retrieve mode) the memory whose running score is the most above its own ε
-(highest ratio) is used.
+several side memories (retrieve mode) the newest memory whose running score exceeds its own ε
+is used: a memory is trained to stay silent on the prompts of the memories before it, but an older
+memory never saw newer prompts (measured on 10 ZsRE edits in 3 memories: taking the memory most
+above its own ε sent 2 of the 10 edit prompts to an older memory; the newest firing one sent none).
 
 Editing. Each `apply` is one *shard*: its requests train the current side memory through a random
 gradient mask that keeps a fraction `mask_ratio` (ρ) of the entries, starting from the memory as
@@ -103,6 +105,7 @@ class WiseHparams(HParams):
     irrelevant_records: int = field(default=100, metadata={"help": "ZsRE-train NQ questions (+ answers) added to the built-in irrelevant texts; 0 = built-in only"})
     irrelevant_sample: int = field(default=256, metadata={"help": "irrelevant positions scored per optimisation step (all are used for the threshold)"})
     seed: int = field(default=0, metadata={"help": "seed of the gradient masks"})
+    replay: bool = field(default=False, metadata={"help": "train a new shard together with the earlier edits of its side memory"})
 
     def validate(self):
         self.check(self.lr > 0, "lr must be > 0")
@@ -142,6 +145,7 @@ class _Shard:
     delta: torch.Tensor  # (out, in), zero outside its mask
     edit_acts: torch.Tensor  # (N, in) activations at the prompt tokens of the shard's edit rows
     edit_rows: torch.Tensor  # (N,) which edit row each activation belongs to (0..rows-1)
+    requests: list[EditRequest] = field(default_factory=list)  # what it edited (replayed by later shards)
 
 
 @dataclass
@@ -199,9 +203,12 @@ class WiseMemory(ForwardingWrapper):
             running = s.cummax(-1).values
         self._running = running[..., -1].detach()
         eps = torch.tensor([m.eps for m in self.memories], dtype=s.dtype, device=s.device).view(-1, 1, 1)
-        # memories' scores are not on one scale: the winner is the one most above its own threshold
-        ratio = running / eps.clamp(min=1e-6)
-        best, idx = torch.where(ratio > 1, ratio, torch.full_like(ratio, -1.0)).max(0)  # (B, T)
+        fires = running > eps  # (M, B, T)
+        # the newest memory that fires answers: each memory was trained to stay below its ε on the prompts
+        # of the memories before it (they are among its irrelevant texts), while an older memory never saw
+        # the prompts of newer ones and may fire on them too
+        order = torch.arange(1, len(self.memories) + 1, device=s.device).view(-1, 1, 1)
+        best, idx = (fires * order).max(0)  # (B, T): best = 0 where none fires
         chosen = side.gather(0, idx[None, ..., None].expand(1, *side.shape[1:]))[0]
         return out + chosen * (best > 0).unsqueeze(-1).to(out.dtype)
 
@@ -248,8 +255,8 @@ class WiseHandle(EditHandle):
                 mem.shards = kept
                 if kept:
                     w.remerge(mem, self.merge, self.density)
-                else:
-                    w.memories.remove(mem)
+            if not mem.shards:  # also a memory opened for a shard whose training failed
+                w.memories.remove(mem)
         if not w.memories and self.model.get_submodule(w.path) is w:
             swap_module(self.model, w.path, w.base)
             w.hook.remove()
@@ -312,7 +319,13 @@ class Wise(EditMethod):
 
     def _edit(self, model, tok, adapter, wrapper: WiseMemory, requests, hp: WiseHparams, handle: WiseHandle):
         device = model_device(model)
-        batch = request_batch(tok, requests, device)
+        if not wrapper.memories or (hp.shards_per_memory and len(wrapper.memories[-1].shards) >= hp.shards_per_memory):
+            wrapper.memories.append(_Memory())
+        mem = wrapper.memories[-1]
+        # replay: the memory's earlier edits train along, so the new shard does not overwrite them
+        old = [r for sh in mem.shards for r in sh.requests] if hp.replay else []
+        train = old + list(requests)
+        batch = request_batch(tok, train, device)
         T = batch.input_ids.shape[1]
         ar = torch.arange(T, device=device)
         lens = batch.attention_mask.sum(1)
@@ -330,13 +343,11 @@ class Wise(EditMethod):
                 forward_until(model, [wrapper.base], input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         finally:
             h.remove()
-        edit_acts = acts["x"][prompt_pos]  # (N, in)
-        edit_rows = torch.arange(len(requests), device=device)[:, None].expand(-1, T)[prompt_pos]
+        train_acts = acts["x"][prompt_pos]  # (N, in)
+        train_rows = torch.arange(len(train), device=device)[:, None].expand(-1, T)[prompt_pos]
+        is_new = train_rows >= len(old)
+        edit_acts, edit_rows = train_acts[is_new], train_rows[is_new] - len(old)
 
-        if not wrapper.memories or (hp.shards_per_memory and len(wrapper.memories[-1].shards) >= hp.shards_per_memory):
-            mem = _Memory()
-            wrapper.memories.append(mem)
-        mem = wrapper.memories[-1]
         irr_acts = wrapper.irrelevant_for(mem)
         W = adapter.as_out_in(wrapper.base.weight).detach()
         start = mem.delta if mem.delta is not None else torch.zeros_like(W, dtype=torch.float32)
@@ -355,7 +366,7 @@ class Wise(EditMethod):
                     logits, first = target_logits(model, batch)
                     wrapper._train = None
                     ce = target_nll(logits, batch, first).mean()
-                    s_edit = row_max(wrapper.scores(delta, edit_acts), edit_rows, len(requests))
+                    s_edit = row_max(wrapper.scores(delta, train_acts), train_rows, len(train))
                     rows = torch.randperm(len(irr_acts), generator=gen)[:n_irr].to(device)
                     s_irr = wrapper.scores(delta, irr_acts[rows])
                     margin = (torch.relu(s_irr - hp.alpha).mean() + torch.relu(hp.beta - s_edit).mean()
@@ -370,7 +381,7 @@ class Wise(EditMethod):
         shard_delta = (mask * p).detach()
         if not torch.isfinite(shard_delta).all():
             raise EditFailed("wise produced a non-finite side memory; the model was restored")
-        shard = _Shard(next(wrapper._ids), shard_delta, edit_acts, edit_rows)
+        shard = _Shard(next(wrapper._ids), shard_delta, edit_acts, edit_rows, list(requests))
         mem.shards.append(shard)
         handle.shard_id = shard.id
         wrapper.remerge(mem, hp.merge, hp.ties_density)
