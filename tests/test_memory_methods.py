@@ -22,10 +22,10 @@ NO_GEN = EvalConfig(generation=False)
 CASES = {
     "grace": ({"num_steps": 25}, {"min_locality": 0.99}),
     "lora": ({"num_steps": 20}, {"min_locality": 0.0}),
-    # retrieve mode + linear merge: edit #3 opens a second side memory
-    "wise-retrieve": ({"merge": "linear", "shards_per_memory": 2}, {"min_locality": 0.9, "data": "zsre"}),
-    # replay: shard #2 of a memory trains with that memory's edit #1
-    "wise-replay": ({"merge": "ties", "shards_per_memory": 2, "replay": True}, {"min_locality": 0.9, "data": "zsre"}),
+    # retrieve mode: edit #3 opens a second side memory; with replay (the default) shard #2 of the first
+    # memory trains together with edit #1
+    "wise-retrieve": ({"shards_per_memory": 2}, {"min_locality": 0.9, "data": "zsre"}),
+    "wise-noreplay": ({"shards_per_memory": 2, "replay": False}, {"min_locality": 0.9, "data": "zsre"}),
     # T-Patcher gates on the last prompt token at the last layer, where a CounterFact neighbour (same
     # relation, other subject) is closer to the edit prompt than its paraphrase (median cosine 0.91 vs
     # 0.87 on 20 cases): it is tested on ZsRE, whose locality prompts are other questions

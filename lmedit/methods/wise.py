@@ -30,6 +30,9 @@ questions and answers of the first `irrelevant_records` ZsRE *train* records (as
 held-out locality data; never the requests' own locality prompts, which are what the evaluation
 scores), and in retrieve mode the prompts of the edits held by the other side memories, so that a
 query picks its own memory. Each step scores a random `irrelevant_sample` of those positions.
+With `replay` (our addition, on by default for the packaged models) the shard
+trains together with the earlier edits of its side memory (their CE and edit margins), since a new
+shard otherwise overwrites them (measured in lmedit/hparams/wise/default.yaml).
 After a shard is trained, its delta δ (masked) is stored and the memory is re-merged from all of
 its shards (`merge`: 'ties' = TIES merging: trim to the top `ties_density` magnitudes, elect the
 sign by total mass, disjoint mean; 'linear' = the sum of the shard deltas: each shard is trained
