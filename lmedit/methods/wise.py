@@ -149,6 +149,8 @@ class _Shard:
     edit_acts: torch.Tensor  # (N, in) activations at the prompt tokens of the shard's edit rows
     edit_rows: torch.Tensor  # (N,) which edit row each activation belongs to (0..rows-1)
     requests: list[EditRequest] = field(default_factory=list)  # what it edited (replayed by later shards)
+    mask_seed: int | None = None  # seed of its gradient mask (saved runs store the delta's values under it)
+    mask_ratio: float = 0.0
 
 
 @dataclass
@@ -157,6 +159,11 @@ class _Memory:
     delta: torch.Tensor | None = None  # merged W' - W, (out, in)
     eps: float = 0.0
     stats: tuple[float, float] = (0.0, 0.0)  # (lowest edit score, highest irrelevant score) under the merged memory
+
+
+def gradient_mask(shape, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """The random entries (bool, on the CPU) one shard may change; the same for the same generator state."""
+    return torch.rand(shape, generator=gen) < ratio
 
 
 def row_max(scores: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -301,17 +308,62 @@ class Wise(EditMethod):
     hparams_cls = WiseHparams
     edits_weights = False
 
-    def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: WiseHparams) -> WiseHandle:
-        path = adapter.mlp_out_path(hp.layer)
-        device = model_device(model)
+    def _wrapper(self, model, tok, path: str, hp: WiseHparams) -> WiseMemory:
+        """The side memories at `path`: the installed wrapper, or a new one (with the irrelevant texts' activations)."""
         mod = model.get_submodule(path)
         if isinstance(mod, WiseMemory):
-            wrapper = mod
-        else:
-            irr = torch.cat(_acts(model, tok, mod, irrelevant_texts(hp.irrelevant_records), device))
-            wrapper = WiseMemory(mod, path, irr)
-            swap_module(model, path, wrapper)
-            wrapper.hook = model.register_forward_pre_hook(wrapper.note_call, with_kwargs=True)
+            return mod
+        irr = torch.cat(_acts(model, tok, mod, irrelevant_texts(hp.irrelevant_records), model_device(model)))
+        wrapper = WiseMemory(mod, path, irr)
+        swap_module(model, path, wrapper)
+        wrapper.hook = model.register_forward_pre_hook(wrapper.note_call, with_kwargs=True)
+        return wrapper
+
+    def can_resume(self) -> bool:
+        return True
+
+    def resume_state(self, model) -> dict:
+        """Every side memory: its threshold and its shards. A shard's delta is stored as its values on its
+        gradient mask (regenerated from the mask seed on loading, a fifth of the dense size); merged
+        deltas are recomputed, thresholds kept as they were learned."""
+        out = []
+        for w in model.modules():
+            if not isinstance(w, WiseMemory) or not w.memories:
+                continue
+            mems = []
+            for mem in w.memories:
+                shards = []
+                for sh in mem.shards:
+                    mask = gradient_mask(sh.delta.shape, sh.mask_ratio, torch.Generator().manual_seed(sh.mask_seed))
+                    shards.append({"id": sh.id, "mask_seed": sh.mask_seed, "mask_ratio": sh.mask_ratio,
+                                   "shape": list(sh.delta.shape), "values": sh.delta.cpu()[mask],
+                                   "edit_acts": sh.edit_acts.cpu(), "edit_rows": sh.edit_rows.cpu(),
+                                   "requests": [r.to_dict() for r in sh.requests]})
+                mems.append({"eps": mem.eps, "stats": list(mem.stats), "shards": shards})
+            out.append({"path": w.path, "memories": mems})
+        return {"wrappers": out}
+
+    def load_resume_state(self, model, tok, hparams: WiseHparams, state: dict) -> None:
+        device = model_device(model)
+        for saved in state["wrappers"]:
+            w = self._wrapper(model, tok, saved["path"], hparams)
+            for m in saved["memories"]:
+                shards = []
+                for sh in m["shards"]:
+                    mask = gradient_mask(tuple(sh["shape"]), sh["mask_ratio"], torch.Generator().manual_seed(sh["mask_seed"]))
+                    delta = torch.zeros(mask.shape, dtype=sh["values"].dtype)
+                    delta[mask] = sh["values"]
+                    shards.append(_Shard(sh["id"], delta.to(device), sh["edit_acts"].to(device), sh["edit_rows"].to(device),
+                                         [EditRequest.from_dict(r) for r in sh["requests"]], sh["mask_seed"], sh["mask_ratio"]))
+                mem = _Memory(shards=shards, eps=m["eps"], stats=tuple(m["stats"]))
+                deltas = [x.delta for x in shards]
+                mem.delta = (ties_merge(deltas, hparams.ties_density) if hparams.merge == "ties" and len(deltas) > 1
+                             else torch.stack(deltas).sum(0))
+                w.memories.append(mem)
+            w._ids = itertools.count(1 + max((sh.id for m in w.memories for sh in m.shards), default=-1))
+
+    def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: WiseHparams) -> WiseHandle:
+        wrapper = self._wrapper(model, tok, adapter.mlp_out_path(hp.layer), hp)
         handle = WiseHandle(self, model, wrapper, None, hp.merge, hp.ties_density)
         try:
             self._edit(model, tok, adapter, wrapper, requests, hp, handle)
@@ -354,8 +406,9 @@ class Wise(EditMethod):
         irr_acts = wrapper.irrelevant_for(mem)
         W = adapter.as_out_in(wrapper.base.weight).detach()
         start = mem.delta if mem.delta is not None else torch.zeros_like(W, dtype=torch.float32)
-        gen = torch.Generator().manual_seed(hp.seed + len(mem.shards) + 7919 * len(wrapper.memories))
-        mask = (torch.rand(W.shape, generator=gen) < hp.mask_ratio).to(device=device, dtype=torch.float32)
+        mask_seed = hp.seed + len(mem.shards) + 7919 * len(wrapper.memories)
+        gen = torch.Generator().manual_seed(mask_seed)
+        mask = gradient_mask(W.shape, hp.mask_ratio, gen).to(device=device, dtype=torch.float32)
         n_irr = min(hp.irrelevant_sample, len(irr_acts))
         p = nn.Parameter(torch.zeros_like(start))
         opt = torch.optim.Adam([p], lr=hp.lr)
@@ -384,7 +437,7 @@ class Wise(EditMethod):
         shard_delta = (mask * p).detach()
         if not torch.isfinite(shard_delta).all():
             raise EditFailed("wise produced a non-finite side memory; the model was restored")
-        shard = _Shard(next(wrapper._ids), shard_delta, edit_acts, edit_rows, list(requests))
+        shard = _Shard(next(wrapper._ids), shard_delta, edit_acts, edit_rows, list(requests), mask_seed, hp.mask_ratio)
         mem.shards.append(shard)
         handle.shard_id = shard.id
         wrapper.remerge(mem, hp.merge, hp.ties_density)
