@@ -161,6 +161,12 @@ class _Memory:
     stats: tuple[float, float] = (0.0, 0.0)  # (lowest edit score, highest irrelevant score) under the merged memory
 
 
+def merged_delta(shards: Sequence[_Shard], merge: str, density: float) -> torch.Tensor:
+    """A side memory's delta from its shards: TIES, or the sum of their increments ('linear')."""
+    deltas = [sh.delta for sh in shards]
+    return ties_merge(deltas, density) if merge == "ties" and len(deltas) > 1 else torch.stack(deltas).sum(0)
+
+
 def gradient_mask(shape, ratio: float, gen: torch.Generator) -> torch.Tensor:
     """The random entries (bool, on the CPU) one shard may change; the same for the same generator state."""
     return torch.rand(shape, generator=gen) < ratio
@@ -235,11 +241,7 @@ class WiseMemory(ForwardingWrapper):
         return torch.cat(out)
 
     def remerge(self, mem: _Memory, hp_merge: str, density: float) -> None:
-        deltas = [s.delta for s in mem.shards]
-        if hp_merge == "ties" and len(deltas) > 1:
-            mem.delta = ties_merge(deltas, density)
-        else:
-            mem.delta = torch.stack(deltas).sum(0)
+        mem.delta = merged_delta(mem.shards, hp_merge, density)
         edit = self.edit_scores(mem.delta, mem.shards)
         irr = self.scores(mem.delta, self.irrelevant_for(mem))
         mem.eps = float((edit.min() + irr.max()) / 2)
@@ -355,11 +357,8 @@ class Wise(EditMethod):
                     delta[mask] = sh["values"]
                     shards.append(_Shard(sh["id"], delta.to(device), sh["edit_acts"].to(device), sh["edit_rows"].to(device),
                                          [EditRequest.from_dict(r) for r in sh["requests"]], sh["mask_seed"], sh["mask_ratio"]))
-                mem = _Memory(shards=shards, eps=m["eps"], stats=tuple(m["stats"]))
-                deltas = [x.delta for x in shards]
-                mem.delta = (ties_merge(deltas, hparams.ties_density) if hparams.merge == "ties" and len(deltas) > 1
-                             else torch.stack(deltas).sum(0))
-                w.memories.append(mem)
+                w.memories.append(_Memory(shards, merged_delta(shards, hparams.merge, hparams.ties_density),
+                                          m["eps"], tuple(m["stats"])))
             w._ids = itertools.count(1 + max((sh.id for m in w.memories for sh in m.shards), default=-1))
 
     def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: WiseHparams) -> WiseHandle:
