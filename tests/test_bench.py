@@ -131,10 +131,11 @@ def _crash_on(monkeypatch, method: str, call: int) -> dict:
     ("ike", {}),
     # edit 2 replays edit 1 (restored from the saved state) in the first side memory; edit 3 opens a second
     ("wise", {"num_steps": 3, "irrelevant_records": 0, "shards_per_memory": 2}),
+    ("t-patcher", {"num_steps": 3, "memory_tokens": 256}),
 ])
 def test_sequential_memory_method_resumes_from_its_saved_memory(tmp_path, monkeypatch, method, hparams):
-    """GRACE (codebook records), IKE (stored facts) and WISE (side memories) keep their edits outside the
-    weights; the run saves that memory, and a resumed run ends where an uninterrupted one does."""
+    """GRACE (codebook records), IKE (stored facts), WISE (side memories) and T-Patcher (patch neurons) keep
+    their edits outside the weights; the run saves them, and a resumed run ends where an uninterrupted one does."""
     c = cfg(method=method, protocol="sequential", n=3, checkpoints=[1], hparams=hparams)
     whole = run(c, tmp_path / "whole")
     calls = _crash_on(monkeypatch, method, 2)

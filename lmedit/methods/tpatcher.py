@@ -182,6 +182,23 @@ class TPatcher(EditMethod):
         bank.close()
         self._banks.pop(bank.module, None)
 
+    def can_resume(self) -> bool:
+        return True
+
+    def resume_state(self, model) -> dict:
+        """Every patch bank of this model (by module path) with its patches, in edit order."""
+        paths = {id(m): n for n, m in model.named_modules()}
+        return {"banks": [{"path": paths[id(b.module)],
+                           "patches": [{"keys": p.keys, "bias": p.bias, "values": p.values, "inputs": p.inputs}
+                                       for p in b.patches.values()]}
+                          for b in list(self._banks.values()) if id(b.module) in paths and b.patches]}
+
+    def load_resume_state(self, model, tok, hparams, state: dict) -> None:
+        for saved in state["banks"]:
+            bank = self.bank(model.get_submodule(saved["path"]))
+            for p in saved["patches"]:
+                bank.add(_Patch(p["keys"], p["bias"], p["values"], p["inputs"]))
+
     def apply(self, model, tok, adapter, requests: Sequence[EditRequest], hp: TPatcherHparams) -> TPatcherHandle:
         module = adapter.module(adapter.mlp_path(hp.layer))
         memory = memory_inputs(model, tok, module, hp.memory_tokens, hp.memory_corpus)
