@@ -16,7 +16,8 @@ user wrote, and a generated '?' after an unrelated question was seen to open the
 several side memories (retrieve mode) the newest memory whose running score exceeds its own ε
 is used: a memory is trained to stay silent on the prompts of the memories before it, but an older
 memory never saw newer prompts (measured on 10 ZsRE edits in 3 memories: taking the memory most
-above its own ε sent 2 of the 10 edit prompts to an older memory; the newest firing one sent none).
+above its own ε sent 2 of the 10 edit prompts to an older memory; the newest firing one sent none:
+`PYTHONPATH=. python scripts/wise_routing.py 10 '{"replay": true, "merge": "linear"}'`).
 
 Editing. Each `apply` is one *shard*: its requests train the current side memory through a random
 gradient mask that keeps a fraction `mask_ratio` (ρ) of the entries, starting from the memory as
