@@ -501,9 +501,6 @@ class InContextMethod(EditMethod):
             raise
         return InContextHandle(hooks, memory, ids)
 
-    def can_resume(self) -> bool:
-        return True
-
     def resume_state(self, model) -> dict:
         """The stored entries (each a key tensor and a text), in edit order."""
         hooks = ContextHooks.find(model)

@@ -82,7 +82,7 @@ class EditMethod:
     def can_resume(self) -> bool:
         """Whether a sequential run of this method can be saved and resumed half-way: weight edits
         always can (the weights are saved); other methods when they implement `resume_state`."""
-        return self.edits_weights
+        return self.edits_weights or type(self).resume_state is not EditMethod.resume_state
 
     def resume_state(self, model: nn.Module) -> dict | None:
         """What, besides the edited weights, a resumed sequential run needs (AlphaEdit: the keys of

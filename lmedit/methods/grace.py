@@ -195,9 +195,6 @@ class Grace(EditMethod):
         if model.get_submodule(adaptor.path) is adaptor:
             swap_module(model, adaptor.path, adaptor.base)
 
-    def can_resume(self) -> bool:
-        return True
-
     def resume_state(self, model) -> dict:
         """Every codebook's per-edit records, in edit order (the codebook is their replay)."""
         return {"codebooks": [

@@ -182,9 +182,6 @@ class TPatcher(EditMethod):
         bank.close()
         self._banks.pop(bank.module, None)
 
-    def can_resume(self) -> bool:
-        return True
-
     def resume_state(self, model) -> dict:
         """Every patch bank of this model (by module path) with its patches, in edit order."""
         paths = {id(m): n for n, m in model.named_modules()}

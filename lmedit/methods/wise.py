@@ -322,9 +322,6 @@ class Wise(EditMethod):
         wrapper.hook = model.register_forward_pre_hook(wrapper.note_call, with_kwargs=True)
         return wrapper
 
-    def can_resume(self) -> bool:
-        return True
-
     def resume_state(self, model) -> dict:
         """Every side memory: its threshold and its shards. A shard's delta is stored as its values on its
         gradient mask (regenerated from the mask seed on loading, a fifth of the dense size); merged
