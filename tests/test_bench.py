@@ -51,19 +51,8 @@ def test_batch_protocol_and_compare(tmp_path):
 
 
 def test_sequential_interrupted_then_resumed_loses_nothing(tmp_path, monkeypatch):
-    from lmedit.methods import ft
-
     c = cfg(protocol="sequential", n=4, checkpoints=[2], general_tasks=[])
-    calls = {"n": 0}
-    original = ft._FineTune.execute
-
-    def crash_on_third(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(ft._FineTune, "execute", crash_on_third)
+    calls = _crash_on(monkeypatch, "ft-m", 3)
     with pytest.raises(KeyboardInterrupt):
         run(c, tmp_path / "s")
     assert [r["edits"] for r in read_jsonl(tmp_path / "s" / "checkpoints.jsonl")] == [2]
@@ -82,19 +71,8 @@ def test_sequential_interrupted_then_resumed_loses_nothing(tmp_path, monkeypatch
 
 def test_sequential_run_saves_its_weights_between_checkpoints(tmp_path, monkeypatch):
     """With no checkpoint before the end, a kill still loses at most `save_every` edits."""
-    from lmedit.methods import ft
-
     c = cfg(protocol="sequential", n=5, checkpoints=[], save_every=2)
-    calls = {"n": 0}
-    original = ft._FineTune.execute
-
-    def crash_on_fourth(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(ft._FineTune, "execute", crash_on_fourth)
+    calls = _crash_on(monkeypatch, "ft-m", 4)
     with pytest.raises(KeyboardInterrupt):
         run(c, tmp_path / "s")
     saved = json.loads((tmp_path / "s" / "state" / "state.json").read_text())
