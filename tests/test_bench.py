@@ -110,10 +110,13 @@ def _crash_on(monkeypatch, method: str, call: int) -> dict:
     # edit 2 replays edit 1 (restored from the saved state) in the first side memory; edit 3 opens a second
     ("wise", {"num_steps": 3, "irrelevant_records": 0, "shards_per_memory": 2}),
     ("t-patcher", {"num_steps": 3, "memory_tokens": 256}),
+    ("lora", {"num_steps": 3}),
+    ("melo", {"num_steps": 3}),
 ])
 def test_sequential_memory_method_resumes_from_its_saved_memory(tmp_path, monkeypatch, method, hparams):
-    """GRACE (codebook records), IKE (stored facts), WISE (side memories) and T-Patcher (patch neurons) keep
-    their edits outside the weights; the run saves them, and a resumed run ends where an uninterrupted one does."""
+    """GRACE (codebook records), IKE (stored facts), WISE (side memories), T-Patcher (patch neurons) and
+    LoRA/MELO (peft adapters, MELO's router keys) keep their edits outside the weights; the run saves
+    them, and a resumed run ends where an uninterrupted one does."""
     c = cfg(method=method, protocol="sequential", n=3, checkpoints=[1], hparams=hparams)
     whole = run(c, tmp_path / "whole")
     calls = _crash_on(monkeypatch, method, 2)
@@ -128,8 +131,13 @@ def test_sequential_memory_method_resumes_from_its_saved_memory(tmp_path, monkey
 
 
 def test_sequential_method_without_resume_state_restarts_on_resume(tmp_path, monkeypatch):
-    """LoRA adapters are not saved: an interrupted run restarts its sequence on --resume without
-    keeping the earlier attempt's checkpoints."""
+    """A method that keeps edits outside the weights and cannot save them (here LoRA with its
+    `resume_state` taken away) restarts its sequence on --resume without keeping the earlier
+    attempt's checkpoints."""
+    from lmedit.methods.base import EditMethod
+    from lmedit.methods.lora import Lora
+
+    monkeypatch.setattr(Lora, "resume_state", EditMethod.resume_state)
     c = cfg(method="lora", protocol="sequential", n=3, checkpoints=[1], hparams={"num_steps": 2})
     calls = _crash_on(monkeypatch, "lora", 2)
     with pytest.raises(KeyboardInterrupt):

@@ -12,8 +12,8 @@ Run directory:
 
 Every line is appended and flushed as soon as it is known, so a run killed half-way loses at
 most the case (or the edits since the last save) it was working on; `resume=True` skips what is
-already on disk. Methods that cannot save their state (LoRA, MELO) restart their
-sequence on resume; their pre-edit observations are still kept.
+already on disk. A method that cannot save its state (none of the built-in ones) restarts its
+sequence on resume; its pre-edit observations are still kept.
 """
 from __future__ import annotations
 
@@ -165,8 +165,8 @@ def _save_state(run_dir: Path, model, handle: CompositeHandle, method, edits_don
 
     params: dict[str, torch.Tensor] = {}
     if not method.can_resume():
-        # added-parameter methods without `resume_state` (LoRA, MELO): nothing saved,
-        # an interrupted run of theirs restarts its sequence (`run_sequential` drops stale checkpoints)
+        # a method with edits outside the weights and no `resume_state`: nothing saved,
+        # an interrupted run of it restarts its sequence (`run_sequential` drops stale checkpoints)
         log.warning("%s: no resumable state (it does not save its added parameters); --resume restarts the sequence",
                     method.name)
         return

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..hparams import HParams
+from ..models.adapters import ModelAdapter
 from ..requests import EditRequest
 from ._memory import fit_targets, model_device, request_batch
 from .base import EditFailed, EditHandle, EditMethod
@@ -104,10 +105,14 @@ class Lora(EditMethod):
         return LoraConfig(r=hp.rank, lora_alpha=hp.alpha, lora_dropout=0.0, bias="none",
                           target_modules=self.target_modules(adapter, hp), init_lora_weights=True)
 
-    def _add(self, model, adapter, hp: LoraHparams) -> tuple[_Session, str]:
+    def _add(self, model, adapter, hp: LoraHparams, name: str | None = None) -> tuple[_Session, str]:
+        """A new adapter on `model` (named `name` when a resumed run brings its adapters back)."""
         from peft import get_peft_model
 
-        name = f"edit-{next(self._names)}"
+        if name is None:
+            name = f"edit-{next(self._names)}"
+        else:  # later edits get new names
+            self._names = itertools.count(max(next(self._names), int(name.rsplit("-", 1)[1]) + 1))
         session = self._sessions.get(id(model))
         with torch.random.fork_rng(devices=[]):  # seeded LoRA init without touching the global RNG
             torch.manual_seed(hp.seed)
@@ -146,6 +151,37 @@ class Lora(EditMethod):
             raise
         return handle
 
+    def resume_state(self, model) -> dict:
+        """This model's adapters in edit order, each with its LoRA weights (and what a subclass adds)."""
+        session = self._sessions.get(id(model))
+        if session is None:
+            return {"adapters": []}
+        return {"adapters": [{"name": name,
+                              "weights": {n: p.detach().cpu().clone() for n, p in self._named_adapter_params(model, name)},
+                              **self._saved_extras(session, name)}
+                             for name in session.adapters]}
+
+    def load_resume_state(self, model, tok, hparams: LoraHparams, state: dict) -> None:
+        adapter = ModelAdapter(model)
+        for saved in state["adapters"]:
+            session, name = self._add(model, adapter, hparams, name=saved["name"])
+            params = dict(self._named_adapter_params(model, name))
+            if set(params) != set(saved["weights"]):
+                raise ValueError(f"{self.name}: saved adapter {name} does not fit this model and hparams "
+                                 f"(saved {len(saved['weights'])} LoRA tensors, the layers give {len(params)})")
+            with torch.no_grad():
+                for n, t in saved["weights"].items():
+                    params[n].copy_(t.to(params[n].device, params[n].dtype))
+            self._load_extras(model, adapter, session, name, saved, hparams)
+            session.reset_grad_flags()
+
+    def _saved_extras(self, session: _Session, name: str) -> dict:
+        """Hook for subclasses: what besides the LoRA weights a resumed run needs of adapter `name`."""
+        return {}
+
+    def _load_extras(self, model, adapter, session: _Session, name: str, saved: dict, hp) -> None:
+        """Hook for subclasses: put back what `_saved_extras` returned."""
+
     def _forget(self, session: _Session, name: str) -> None:
         """Hook for subclasses: `name` is about to be deleted (MELO drops its router keys)."""
 
@@ -175,5 +211,9 @@ class Lora(EditMethod):
         session.reset_grad_flags()
 
     @staticmethod
-    def adapter_params(model, name: str) -> list[nn.Parameter]:
-        return [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+    def _named_adapter_params(model, name: str) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+
+    @classmethod
+    def adapter_params(cls, model, name: str) -> list[nn.Parameter]:
+        return [p for _, p in cls._named_adapter_params(model, name)]

@@ -119,6 +119,11 @@ class Melo(Lora):
     hparams_cls = MeloHparams
 
     def _before_training(self, model, tok, adapter, session: _Session, name: str, requests, hp: MeloHparams) -> None:
+        router = self._attach(model, adapter, session, name, hp)
+        router.keys[name] = self._keys(model, tok, router, requests)
+
+    def _attach(self, model, adapter, session: _Session, name: str, hp: MeloHparams) -> Router:
+        """Put adapter `name` behind the model's router (created with the first adapter)."""
         if session.router is None:
             session.router = Router(model, adapter.block(hp.router_layer), hp.router_radius)
         router = session.router
@@ -127,7 +132,13 @@ class Melo(Lora):
             lora_b = getattr(module, "lora_B", None)
             if lora_b is not None and name in lora_b:
                 lora_b[name].register_forward_hook(router.gate_hook(name))
-        router.keys[name] = self._keys(model, tok, router, requests)
+        return router
+
+    def _saved_extras(self, session: _Session, name: str) -> dict:
+        return {"keys": session.router.keys[name].detach().cpu().clone()}
+
+    def _load_extras(self, model, adapter, session: _Session, name: str, saved: dict, hp: MeloHparams) -> None:
+        self._attach(model, adapter, session, name, hp).keys[name] = saved["keys"].to(model_device(model))
 
     def _replay_layer(self, hp: MeloHparams) -> int:
         return min(hp.router_layer, *hp.layers)  # the router's hook on its block must still run
