@@ -88,3 +88,16 @@ def test_load_hparams_layers_defaults_yaml_file_and_overrides(tmp_path):
     f.write_text("- not a mapping\n")
     with pytest.raises(InvalidHparams, match="mapping"):
         load_hparams(FTHparams, "ft-m", "llama", path=f)
+
+
+def test_every_packaged_hparams_file_loads_for_its_method():
+    """A typo in a packaged yaml (a field the method does not have, a value it rejects) fails here,
+    not in a user's run on that model family."""
+    from lmedit.hparams import HPARAMS_DIR
+    from lmedit.methods import get_method
+
+    files = sorted(HPARAMS_DIR.glob("*/*.yaml"))
+    assert any(f.name == "qwen2.yaml" for f in files)
+    for f in files:
+        method = get_method(f.parent.name)
+        load_hparams(method.hparams_cls, f.parent.name, f.stem if f.stem != "default" else None)
