@@ -77,7 +77,9 @@ def main():
         mlp.append(rel_change(after[0], before[0]))
         res.append(rel_change(after[1], before[1]))
         kept.append(sa < sb)
-    print(f"{args.model} ROME layer {args.layer} {overrides}, {len(recs)} CounterFact neighbourhood prompts: "
+    eff = ed.resolve_hparams(ed.method("rome"), hp)
+    print(f"{args.model} ROME layer {args.layer} clamp {eff.clamp_norm_factor} KL {eff.kl_factor} "
+          f"stats {eff.mom2_n_tokens} {overrides}, {len(recs)} CounterFact neighbourhood prompts: "
           f"median max relative change: mlp {statistics.median(mlp):.3f}, res {statistics.median(res):.3f}; "
           f"neighbourhood {sum(kept) / len(kept):.2f}", flush=True)
 
