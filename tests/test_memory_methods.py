@@ -142,3 +142,24 @@ def test_wise_generation_keeps_the_prompts_routing_decision(smol):
         assert [generate(model, tok, [p], max_new_tokens=8)[0] for p in unrelated] == before
     finally:
         res.restore()
+
+
+def test_lora_resume_state_that_does_not_fit_is_refused_and_leaves_the_model_unchanged(smol, state_of, same_state):
+    """A saved adapter whose tensors do not match what the hparams create: a clear error, and the
+    adapters loaded before it are taken off again."""
+    from lmedit.hparams import load_hparams
+    from lmedit.models.adapters import ModelAdapter
+
+    model, tok = smol
+    method = get_method("lora")
+    hp = load_hparams(method.hparams_cls, "lora", overrides={"layers": [12]})
+    before, modules = state_of(model), _modules(model)
+    good = {"name": "edit-0", "weights": {}}
+    bad = {"name": "edit-1", "weights": {"nonexistent.lora_A.edit-1.weight": torch.zeros(1)}}
+    method._add(model, ModelAdapter(model), hp)  # an adapter like the saved one, to learn its tensor names
+    good["weights"] = {n: p.detach().clone() for n, p in method._named_adapter_params(model, "edit-0")}
+    method.remove(method._sessions[id(model)], "edit-0")
+    with pytest.raises(ValueError, match="does not fit"):
+        method.load_resume_state(model, tok, hp, {"adapters": [good, bad]})
+    assert id(model) not in method._sessions and _modules(model) == modules
+    assert same_state(model, before)

@@ -163,17 +163,24 @@ class Lora(EditMethod):
 
     def load_resume_state(self, model, tok, hparams: LoraHparams, state: dict) -> None:
         adapter = ModelAdapter(model)
-        for saved in state["adapters"]:
-            session, name = self._add(model, adapter, hparams, name=saved["name"])
-            params = dict(self._named_adapter_params(model, name))
-            if set(params) != set(saved["weights"]):
-                raise ValueError(f"{self.name}: saved adapter {name} does not fit this model and hparams "
-                                 f"(saved {len(saved['weights'])} LoRA tensors, the layers give {len(params)})")
-            with torch.no_grad():
-                for n, t in saved["weights"].items():
-                    params[n].copy_(t.to(params[n].device, params[n].dtype))
-            self._load_extras(model, adapter, session, name, saved, hparams)
-            session.reset_grad_flags()
+        loaded: list[tuple[_Session, str]] = []
+        try:
+            for saved in state["adapters"]:
+                session, name = self._add(model, adapter, hparams, name=saved["name"])
+                loaded.append((session, name))
+                params = dict(self._named_adapter_params(model, name))
+                if set(params) != set(saved["weights"]):
+                    raise ValueError(f"{self.name}: saved adapter {name} does not fit this model and hparams "
+                                     f"(saved {len(saved['weights'])} LoRA tensors, the layers give {len(params)})")
+                with torch.no_grad():
+                    for n, t in saved["weights"].items():
+                        params[n].copy_(t.to(params[n].device, params[n].dtype))
+                self._load_extras(model, adapter, session, name, saved, hparams)
+                session.reset_grad_flags()
+        except BaseException:
+            for session, name in reversed(loaded):  # the model goes back to how it was
+                self.remove(session, name)
+            raise
 
     def _saved_extras(self, session: _Session, name: str) -> dict:
         """Hook for subclasses: what besides the LoRA weights a resumed run needs of adapter `name`."""
