@@ -7,6 +7,9 @@
 #   bash scripts/knowedit_grid.sh                      # everything (days of CPU on 2 cores)
 #   METHODS="ft-m rome" SUBSETS="zsre" bash scripts/knowedit_grid.sh
 #   lmedit bench table runs/knowedit/*                 # the table of what is finished so far
+#
+# Several copies may run at once (one per core, or per machine sharing $RUNS): a cell being run
+# by one copy is locked (flock, released when its process ends) and the others move on.
 set -euo pipefail
 LMEDIT=${LMEDIT:-.venv/bin/lmedit}
 RUNS=${RUNS:-runs/knowedit}
@@ -19,13 +22,17 @@ MODELS=${MODELS:-"smollm2-135m qwen2.5-0.5b"}
 export HF_HUB_OFFLINE=1
 
 cell() {  # model subset method [run whose unedited-model observations to reuse]
-  local out="$RUNS/$1-$2-$3"
+  local out="$RUNS/$1-$2-$3" lock
   if [ -f "$out/summary.json" ] && grep -q '"complete": true' "$out/summary.json"; then return; fi
+  mkdir -p "$RUNS/.locks"
+  exec {lock}>"$RUNS/.locks/$1-$2-$3"
+  if ! flock -n "$lock"; then exec {lock}>&-; return; fi
   local extra=""
   [ -f "$out/config.json" ] && extra="--resume"
   [ -n "${4:-}" ] && [ "$4" != "$out" ] && extra="$extra --pre-from $4"
   "$LMEDIT" bench run --out "$out" --model "$1" --method "$3" --dataset "knowedit-$2" --n "$N" \
       --protocol single --workers "$WORKERS" $extra || echo "FAILED: $out" >&2
+  exec {lock}>&-
 }
 
 for model in $MODELS; do
