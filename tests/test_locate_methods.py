@@ -157,6 +157,64 @@ def test_r_rome_inserts_the_averaged_key(tiny):
     assert torch.equal(ad.as_out_in(ad.mlp_out_weight(TINY_LAYER)), w0)
 
 
+def test_post_norm_preimage_reaches_a_reachable_change_and_approaches_an_unreachable_one():
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    torch.manual_seed(0)
+    norm = Gemma3RMSNorm(64).requires_grad_(False)
+    norm.weight.normal_(0, 0.5)
+    m = torch.randn(5, 64)
+    reachable = norm(m + 0.3 * torch.randn(5, 64)) - norm(m)
+    dm = locate.post_norm_preimage(norm, m, reachable)
+    assert torch.allclose(norm(m + dm) - norm(m), reachable, atol=1e-5)
+    # a normalised vector has a fixed scale, so most changes cannot be met exactly: closer than adding them as is
+    wanted = 0.3 * torch.randn(5, 64)
+    err = (norm(m + locate.post_norm_preimage(norm, m, wanted, iters=20)) - norm(m) - wanted).norm(dim=1)
+    naive = (norm(m + wanted) - norm(m) - wanted).norm(dim=1)
+    assert (err < naive).all() and err.mean() < 0.5 * naive.mean()
+
+
+def _tiny_gemma(tok):
+    """A tiny Gemma 3 (its MLP output is normalised before the residual), norms not all ones as in a trained one."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("through_the_norm", [True, False])
+def test_memit_on_a_post_norm_family_puts_the_residual_at_its_target(smol_tok, monkeypatch, through_the_norm):
+    monkeypatch.setattr(locate, "second_moments", _fallback_moments)
+    monkeypatch.setattr(locate, "_MOM_CACHE", __import__("weakref").WeakKeyDictionary())
+    if not through_the_norm:  # what MEMIT did before: the residual change written to the projection's output as is
+        monkeypatch.setattr(locate, "post_norm_preimage", lambda norm, m, change: change)
+    from lmedit.methods.memit import MEMIT
+    model = _tiny_gemma(smol_tok)
+    ad = ModelAdapter(model)
+    assert ad.mlp_post_norm_path(1) == "model.layers.1.post_feedforward_layernorm"
+    targets = {}
+    target = MEMIT.target
+    monkeypatch.setattr(MEMIT, "target", lambda self, *a: targets.setdefault("z", target(self, *a)))
+    last = ad.block_path(1)
+    before = locate.outputs_at_subject(model, smol_tok, REQS, [last])[last]
+    # one context and a tiny λ: the least-squares solves are exact, so only the norm can leave a gap
+    Editor(model, smol_tok).apply(REQS, method="memit", hparams=dict(
+        layers=[0, 1], prefixes=[], v_steps=20, v_stop_loss=0.0, mom2_weight=1e-4, mom2_n_tokens=256))
+    after = locate.outputs_at_subject(model, smol_tok, REQS, [last])[last]
+    z = targets["z"]
+    assert ((z - before).norm(dim=1) > 0.05 * z.norm(dim=1)).all()  # the target is a real move
+    gap = (after - z).norm(dim=1) / z.norm(dim=1)
+    if through_the_norm:
+        assert (gap < 1e-3).all()
+    else:
+        assert (gap > 0.02).all()
+
+
 @pytest.mark.parametrize("method", ["rome", "r-rome", "memit", "pmet", "emmet", "alphaedit"])
 def test_every_method_edits_and_restores_exactly_on_tiny_gpt2(tiny, method, state_of, same_state):
     model, tok = tiny

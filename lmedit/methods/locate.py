@@ -185,6 +185,7 @@ class Site:
     path: str
     norm_ref: str = "output"
     block: str | None = None
+    width: int | None = None  # size of δ, for modules without out_features (a whole block: the hidden size)
 
 
 @dataclass
@@ -336,7 +337,7 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
     sel_b, sel_t = torch.cat([sel_b, kl_rows]), torch.cat([sel_t, kl_last])
     sel = (sel_b, sel_t)
 
-    dims = {s.path: _out_features(model.get_submodule(s.path)) for s in sites}
+    dims = {s.path: s.width or _out_features(model.get_submodule(s.path)) for s in sites}
     deltas = {s.path: torch.zeros(n, dims[s.path], device=dev, dtype=torch.float32, requires_grad=True) for s in sites}
     opt = torch.optim.Adam(list(deltas.values()), lr=lr)
 
@@ -364,7 +365,7 @@ def optimise_targets(model, tok, requests: Sequence[EditRequest], sites: Sequenc
                 with torch.enable_grad(), Trace(model, [s.path for s in sites], edit_output=add_delta, detach=False):
                     if step == 0:
                         blocks = [s.block for s in sites if s.norm_ref == "residual"]
-                        with Trace(model, [s.path for s in sites] + blocks, keep_output=True) as cap:
+                        with Trace(model, list(dict.fromkeys([s.path for s in sites] + blocks)), keep_output=True) as cap:
                             logp = _scored_logprobs(model, fixed.inputs(), sel)
                         bare = ~is_kl & (torch.arange(B, device=dev) % n_ctx == 0)
                         for s in sites:
@@ -490,3 +491,39 @@ def add_to_mlp_out(adapter: ModelAdapter, layer: int, delta: torch.Tensor) -> No
     """W += ΔW (ΔW as (d_out, d_in), any dtype), cast to the weight's dtype; GPT-2's layout handled."""
     w = adapter.as_out_in(adapter.mlp_out_weight(layer))
     w.add_(delta.to(device=w.device, dtype=w.dtype))
+
+
+def post_norm_preimage(norm: torch.nn.Module, m: torch.Tensor, change: torch.Tensor, iters: int = 8,
+                       chunk_elems: int = 50_000_000) -> torch.Tensor:
+    """Δm such that norm(m + Δm) ≈ norm(m) + change, row by row (m, change: (n, d)).
+
+    For families that normalise the MLP output before adding it to the residual (Gemma 2/3), a wanted
+    change of the residual is not a change of the output projection's output. Damped Gauss-Newton on
+    ‖norm(m + Δm) − (norm(m) + change)‖², Jacobians by autograd, so any norm module works. A
+    normalised vector has a fixed scale, so a change that leaves that set is met in the least-squares
+    sense; the damping keeps Δm out of the norm's null direction (the scale of m)."""
+    m, change = m.float(), change.float()
+    norm_f = lambda v: norm(v.to(next(norm.parameters()).dtype)).float()  # noqa: E731
+    d = m.shape[-1]
+    rows = max(1, chunk_elems // (d * d))  # Jacobians are (rows, d, d)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(m), rows):
+            m0, wanted = m[i:i + rows], norm_f(m[i:i + rows]) + change[i:i + rows]
+            x = m0.clone()
+            err = (wanted - norm_f(x)).pow(2).sum(1)
+            lam = torch.full((len(x),), 1e-4, device=x.device)  # Levenberg-Marquardt damping, per row
+            for _ in range(iters):
+                r = wanted - norm_f(x)
+                J = torch.func.vmap(torch.func.jacrev(norm_f))(x)  # (rows, d, d)
+                JtJ = J.transpose(1, 2) @ J
+                scale = JtJ.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-12)
+                A = JtJ + (lam * scale)[:, None, None] * torch.eye(d, device=x.device)
+                step = torch.linalg.solve(A, J.transpose(1, 2) @ r[..., None])[..., 0]
+                new_err = (wanted - norm_f(x + step)).pow(2).sum(1)
+                better = new_err < err
+                x = torch.where(better[:, None], x + step, x)
+                err = torch.where(better, new_err, err)
+                lam = torch.where(better, lam * 0.3, lam * 10)
+            out.append(x - m0)
+    return torch.cat(out)

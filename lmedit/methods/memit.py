@@ -1,12 +1,15 @@
 """MEMIT (Meng et al. 2023): many facts at once, spread over several layers.
 
 For requests i and edit layers l_0 < … < l_{n-1} = L:
-  1. target: δ_i added to mlp_out(L)'s output (= the residual stream after block L) at the subject's
+  1. target: δ_i added to mlp_out(L)'s output (= the residual stream after block L; for families that
+     normalise the MLP output before the residual, Gemma 2/3, δ_i is added to the residual itself) at the subject's
      last token, optimised for all requests in one batch (`locate.optimise_targets`), with
      ‖δ_i‖ ≤ clamp·‖h_i‖ where h_i is the residual after block L; z_i = h_i + δ_i.
   2. for each layer l_j in order, on the model as updated so far:
        K   = keys at l_j (averaged over the contexts), one column per request
        R   = spread_residual(z − h_L(current), j, n) = (z − h_L) / (n − j)
+       (post-norm families: R becomes the change of mlp_out(l)'s output whose normalised value changes the
+        residual by R, `locate.post_norm_preimage`)
        ΔW  = R Kᵀ (λC + K Kᵀ)⁻¹              (closed_form.memit_update, C = E[kkᵀ], λ = mom2_weight)
        W_l += ΔW
 `_MultiLayer` carries this loop; PMET, EMMET and AlphaEdit change its target sites, spread rule or
@@ -52,6 +55,9 @@ class _MultiLayer(WeightEditingMethod):
         return [adapter.param_name(adapter.mlp_out_path(l)) for l in locate.sorted_layers(adapter, hp.layers)]
 
     def sites(self, adapter, last: int) -> list[locate.Site]:
+        if adapter.mlp_post_norm_path(last):  # the MLP output is normalised before the residual: δ goes there
+            return [locate.Site(adapter.block_path(last), norm_ref="residual", block=adapter.block_path(last),
+                                width=adapter.hidden_size)]
         return [locate.Site(adapter.mlp_out_path(last), norm_ref="residual", block=adapter.block_path(last))]
 
     def residual_path(self, adapter, last: int) -> str:
@@ -77,9 +83,14 @@ class _MultiLayer(WeightEditingMethod):
         rpath = self.residual_path(adapter, last)
         ctx = self.begin(model, adapter, layers, hp, moments)
         for j, layer in enumerate(layers):
-            keys = locate.compute_keys(model, tok, adapter, requests, [layer], hp.prefixes, outputs=[rpath])
+            post_norm = adapter.mlp_post_norm_path(layer) if rpath == adapter.block_path(last) else None
+            outputs = [rpath] + ([adapter.mlp_out_path(layer)] if post_norm else [])
+            keys = locate.compute_keys(model, tok, adapter, requests, [layer], hp.prefixes, outputs=outputs)
             K = keys.mean[layer].T  # (d_in, n)
-            R = spread_residual(z - keys.outputs[rpath], j, len(layers), self.spread_rule).T  # (d_out, n)
+            R = spread_residual(z - keys.outputs[rpath], j, len(layers), self.spread_rule)  # (n, d) residual change
+            if post_norm:  # the residual change this layer's normalised MLP output must make -> its projection's
+                R = locate.post_norm_preimage(model.get_submodule(post_norm), keys.outputs[adapter.mlp_out_path(layer)], R)
+            R = R.T  # (d_out, n)
             C = moments[layer].to(K.device)
             dW = self.layer_update(model, adapter, layer, K, R, C, hp, ctx)
             locate.add_to_mlp_out(adapter, layer, dW)

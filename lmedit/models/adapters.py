@@ -6,7 +6,7 @@ adding one is a row in ARCHITECTURES plus a test.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -26,6 +26,8 @@ class ArchSpec:
     final_norm: str
     unembed: str
     conv1d: bool = False  # GPT-2 stores Linear weights transposed, as (in, out)
+    # a norm applied to the MLP output before it is added to the residual (Gemma 2/3), relative to a block
+    mlp_post_norm: str | None = None
 
 
 _LLAMA_LIKE = ArchSpec(
@@ -38,11 +40,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma3_text": replace(_LLAMA_LIKE, mlp_post_norm="post_feedforward_layernorm"),
     "gemma3": ArchSpec(
         layers="model.language_model.layers", mlp="mlp", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
         mlp_out="mlp.down_proj", attn="self_attn", attn_out="self_attn.o_proj",
         embed="model.language_model.embed_tokens", final_norm="model.language_model.norm", unembed="lm_head",
+        mlp_post_norm="post_feedforward_layernorm",
     ),
     "gpt2": ArchSpec(
         layers="transformer.h", mlp="mlp", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj", attn="attn",
@@ -102,6 +105,11 @@ class ModelAdapter:
 
     def attn_out_path(self, layer: int) -> str:
         return f"{self.block_path(layer)}.{self.spec.attn_out}"
+
+    def mlp_post_norm_path(self, layer: int) -> str | None:
+        """The norm between the MLP output projection and the residual stream, if the family has one:
+        there a change of the projection's output is not a change of the residual."""
+        return f"{self.block_path(layer)}.{self.spec.mlp_post_norm}" if self.spec.mlp_post_norm else None
 
     # --- modules ------------------------------------------------------------------------
     def block(self, layer: int) -> nn.Module:
