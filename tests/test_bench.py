@@ -46,6 +46,8 @@ def test_batch_protocol_and_compare(tmp_path):
     md = table([tmp_path / "b"])
     assert "### counterfact-edit on smollm2-135m" in md and "| ft-m | batch (B=2) | 3 | " in md
     assert "Edit Succ." in md and "Fluency" not in md  # no generation in this run: no fluency column
+    pre = s["pre"]["tf_reliability"]
+    assert f"| (unedited) | - | 3 | {100 * pre:.1f} |" in md  # the baseline row; locality has none: "-"
     with pytest.raises(ValueError, match="not a run directory"):
         table([tmp_path / "nothing-here"])
 

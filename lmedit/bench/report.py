@@ -211,8 +211,17 @@ TABLE_COLUMNS = [("Edit Succ.", "tf_reliability"), ("Generalization", "tf_genera
                  ("Gen. reliability", "gen_reliability")]
 
 
+def _table_values(scores: dict[str, Any], cols) -> list[str]:
+    vals = []
+    for _, k in cols:
+        v = scores.get(k)
+        vals.append("-" if v is None else (f"{v:.2f}" if k == "fluency" else f"{100 * v:.1f}"))
+    return vals
+
+
 def table(run_dirs: Sequence[str | Path]) -> str:
-    """Markdown: one table per (model, dataset), one row per run (method, protocol, cases)."""
+    """Markdown: one table per (model, dataset), one row per run (method, protocol, cases), after a first
+    row with the unedited model's scores (from the first finished run of the group)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for d in run_dirs:
         if not (Path(d) / "config.json").is_file():
@@ -226,14 +235,12 @@ def table(run_dirs: Sequence[str | Path]) -> str:
         out += [f"### {dataset} on {model}", "",
                 "| method | protocol | cases | " + " | ".join(h for h, _ in cols) + " |",
                 "|" + " --- |" * (len(cols) + 3)]
+        base = next((s for s in sums if s["complete"]), sums[0])
+        out.append(f"| (unedited) | - | {base['cases_done']} | " + " | ".join(_table_values(base["pre"], cols)) + " |")
         for s in sums:
             c = s["config"]
             proto = c["protocol"] + (f" (B={c['batch_size']})" if c["protocol"] != "single" else "")
             cases = f"{s['cases_done']}" + ("" if s["complete"] else f" of {s['dataset']['cases']}")
-            vals = []
-            for _, k in cols:
-                v = s["post"].get(k)
-                vals.append("-" if v is None else (f"{v:.2f}" if k == "fluency" else f"{100 * v:.1f}"))
-            out.append(f"| {c['method']} | {proto} | {cases} | " + " | ".join(vals) + " |")
+            out.append(f"| {c['method']} | {proto} | {cases} | " + " | ".join(_table_values(s["post"], cols)) + " |")
         out.append("")
     return "\n".join(out)
