@@ -83,6 +83,7 @@ class _MultiLayer(WeightEditingMethod):
         rpath = self.residual_path(adapter, last)
         ctx = self.begin(model, adapter, layers, hp, moments)
         for j, layer in enumerate(layers):
+            # only where R is a residual change (PMET's R is a change of the projection output at L itself)
             post_norm = adapter.mlp_post_norm_path(layer) if rpath == adapter.block_path(last) else None
             outputs = [rpath] + ([adapter.mlp_out_path(layer)] if post_norm else [])
             keys = locate.compute_keys(model, tok, adapter, requests, [layer], hp.prefixes, outputs=outputs)
