@@ -37,6 +37,13 @@ publish() {  # run directory -> $PUBLISH/<same name>
   rm -rf "$dst" && mv "$tmp" "$dst"
 }
 
+pre_source() {  # model-subset -> a finished cell of it holding the unedited model's observations, or ""
+  local d
+  for d in "$PUBLISH/$1"-* "$RUNS/$1"-*; do
+    if complete "$d" && ls "$d"/pre*.jsonl >/dev/null 2>&1; then echo "$d"; return; fi
+  done
+}
+
 cell() {  # model subset method [run whose unedited-model observations to reuse]
   local name="$1-$2-$3" lock
   local out="$RUNS/$name"
@@ -61,16 +68,10 @@ for model in $MODELS; do
   subsets=$SUBSETS
   [ "$model" != smollm2-135m ] && subsets=$QWEN_SUBSETS
   for subset in $subsets; do
-    # the unedited model is observed once per (model, subset): the first finished cell that made the
-    # observations itself is the source for the others
-    pre=""
+    # the unedited model is observed once per (model, subset): any finished cell that made the
+    # observations itself (published or not) is the source for the others
     for method in $METHODS; do
-      cell "$model" "$subset" "$method" "$pre"
-      if [ -z "$pre" ]; then
-        for d in "$PUBLISH/$model-$subset-$method" "$RUNS/$model-$subset-$method"; do
-          if complete "$d" && ls "$d"/pre*.jsonl >/dev/null 2>&1; then pre="$d"; break; fi
-        done
-      fi
+      cell "$model" "$subset" "$method" "$(pre_source "$model-$subset")"
     done
   done
 done
