@@ -80,6 +80,12 @@ def test_batched_and_serial_targets_agree(smol_tok):
     assert d_b.abs().max() > 1e-3  # something was learnt
     assert torch.allclose(d_b, d_s, atol=1e-6, rtol=1e-5)
     assert torch.allclose(batched.losses, torch.cat([s.losses for s in serial]), atol=1e-8)
+    # in chunks (bounded memory): the same targets, every field in request order
+    chunked = locate.optimise_targets(model, smol_tok, REQS, site, chunk=2, **kw)
+    assert len(REQS) > 2 and torch.allclose(chunked.deltas[site[0].path], d_b, atol=1e-9)
+    for f in ("losses", "nll", "steps"):
+        assert torch.allclose(getattr(chunked, f).double(), getattr(batched, f).double(), atol=1e-9)
+    assert torch.allclose(chunked.init[site[0].path], batched.init[site[0].path], atol=1e-9)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert all(not p.requires_grad or p.grad is None for p in model.parameters())
     # the blocks below the site's layer replayed instead of recomputed: the same targets
