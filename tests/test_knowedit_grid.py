@@ -103,3 +103,25 @@ def test_an_unfinished_run_is_resumed(grid):
     (half / "config.json").write_text("{}")
     _, runs = run("ft-m")
     assert "--resume" in runs[0]
+
+
+def _tables_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("knowedit_tables", REPO / "scripts" / "knowedit_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_benchmarks_doc_tables_are_the_published_cells():
+    # docs/BENCHMARKS.md's KnowEdit tables are regenerated from docs/results/knowedit, never edited by hand
+    assert _tables_script().main(["--check"]) == 0
+
+
+def test_the_tables_block_needs_both_markers_once():
+    mod = _tables_script()
+    with pytest.raises(ValueError, match="once"):
+        mod.splice("no markers here", "block")
+    doc = f"a\n{mod.BEGIN}\nold\n{mod.END}\nb"
+    assert mod.splice(doc, "new") == f"a\n{mod.BEGIN}\nnew\n{mod.END}\nb"
