@@ -48,3 +48,14 @@ def test_edit_json_output_on_the_real_model(tmp_path):
     assert data["method"] == "ft-m" and data["hparams"]["num_steps"] == 10
     assert data["summary"]["post"]["tf_reliability"] >= data["summary"]["pre"]["tf_reliability"]
     assert json.loads(r.stdout)["model"] == "smollm2-135m"
+
+
+def test_data_stats_json_and_bad_input():
+    r = runner.invoke(app, ["data", "stats", "knowedit-wiki-recent", "-n", "100", "--json"])
+    assert r.exit_code == 0
+    counts = json.loads(r.output)
+    assert counts["requests"] == 100 and counts["locality prompts"] == counts["locality prompts naming the subject"] > 0
+    r = runner.invoke(app, ["data", "stats", "no-such-dataset"])
+    assert r.exit_code == 2 and "error" in r.output
+    r = runner.invoke(app, ["data", "stats", "knowedit-zsre", "-n", "-1"])
+    assert r.exit_code == 2 and "--n must be >= 0" in r.output

@@ -438,3 +438,25 @@ def test_cli_list_and_show():
     assert res.exit_code == 0 and json.loads(res.stdout)[0]["case_id"] == 10
     res = runner.invoke(app, ["data", "show", "knowwns"])
     assert res.exit_code == 2 and "knowns" in res.output
+
+
+def test_describe_counts_what_a_slice_measures():
+    from lmedit.data.base import describe
+
+    reqs = [EditRequest("The mother of Ada Lovelace is", "Anne", subject="Ada Lovelace",
+                        rephrase_prompts=("Ada Lovelace's mother is",),
+                        locality=(PromptAnswer("The father of ADA LOVELACE is", "Byron"),
+                                  PromptAnswer("The capital of France is", "Paris")),
+                        portability=(PromptAnswer("The mother of Anne's daughter is", "Anne"),)),
+            EditRequest("Who wrote Hamlet?", "Marlowe")]
+    assert describe(reqs) == {"requests": 2, "with subject": 1, "with target_true": 0, "rephrase prompts": 1,
+                              "locality prompts": 2, "locality prompts naming the subject": 1,
+                              "portability prompts": 1, "portability prompts naming the subject": 0}
+
+
+def test_knowedit_zsre_locality_is_about_the_edited_subject():
+    # the statistic the KnowEdit table's notes rely on (docs/BENCHMARKS.md)
+    from lmedit.data.base import describe
+
+    counts = describe(load_dataset("knowedit-zsre", limit=100))
+    assert counts["locality prompts"] == counts["locality prompts naming the subject"] == 200

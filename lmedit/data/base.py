@@ -294,3 +294,23 @@ def locality_pair(rec: dict, prompt_key: str, answer_key: str, meta: dict) -> li
         meta["locality_dropped"] = [p]
         return []
     return [PromptAnswer(p, a)]
+
+
+# ----------------------------------------------------------------------------------------------- describing a slice
+def describe(requests: Iterable[EditRequest]) -> dict[str, int]:
+    """Counts that say what a slice of a dataset measures. "naming the subject" (case-insensitive) matters for
+    locality: a locality prompt about the edited subject itself tests whether the edit keeps the subject's other
+    facts, which subject-keyed edits (and edits that generalise over the subject) tend to disturb."""
+    out = dict.fromkeys(["requests", "with subject", "with target_true", "rephrase prompts", "locality prompts",
+                         "locality prompts naming the subject", "portability prompts",
+                         "portability prompts naming the subject"], 0)
+    for r in requests:
+        subj = (r.subject or "").lower()
+        out["requests"] += 1
+        out["with subject"] += r.subject is not None
+        out["with target_true"] += r.target_true is not None
+        out["rephrase prompts"] += len(r.rephrase_prompts)
+        for kind, pairs in (("locality", r.locality), ("portability", r.portability)):
+            out[f"{kind} prompts"] += len(pairs)
+            out[f"{kind} prompts naming the subject"] += sum(bool(subj) and subj in p.prompt.lower() for p in pairs)
+    return out
