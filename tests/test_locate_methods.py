@@ -321,3 +321,23 @@ def test_bfloat16_model_is_edited_with_full_precision_solves(smol_tok, monkeypat
     assert not same_state(model, snap)
     res.restore()
     assert same_state(model, snap)
+
+
+def test_pmet_ablation_switches(tiny, state_of, same_state):
+    from lmedit.hparams import InvalidHparams
+    from lmedit.methods import get_method
+
+    model, tok = tiny
+    pmet, ad = get_method("pmet"), ModelAdapter(model)
+    hp = pmet.hparams_cls.from_dict(dict(FAST, layers=[0, 1]))
+    assert (hp.spread, hp.attn_delta) == ("sqrt", True)  # PMET as published
+    assert [s.path for s in pmet.sites(ad, 1, hp)] == [ad.attn_out_path(1), ad.mlp_out_path(1)]
+    hp = hp.replace(spread="linear", attn_delta=False)
+    assert [s.path for s in pmet.sites(ad, 1, hp)] == [ad.mlp_out_path(1)] and pmet.spread_rule(hp) == "linear"
+    with pytest.raises(InvalidHparams, match="spread must be one of"):
+        hp.replace(spread="cubic")
+    snap = state_of(model)
+    res = Editor(model, tok).edit(REQS[:2], method="pmet", hparams=hp.to_dict(), mode="batch", evaluate=False)
+    assert not same_state(model, snap)
+    res.restore()
+    assert same_state(model, snap)

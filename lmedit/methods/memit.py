@@ -49,12 +49,15 @@ class _MultiLayer(WeightEditingMethod):
     """The MEMIT loop; subclasses override `sites`, `residual_path`, `spread_rule`, `layer_update`."""
     needs_subject = True
     supports_batch = True
-    spread_rule = "linear"
 
     def params_to_edit(self, adapter, hp):
         return [adapter.param_name(adapter.mlp_out_path(l)) for l in locate.sorted_layers(adapter, hp.layers)]
 
-    def sites(self, adapter, last: int) -> list[locate.Site]:
+    def spread_rule(self, hp) -> str:
+        """How the missing shift is shared among the edit layers (closed_form.spread_residual)."""
+        return "linear"
+
+    def sites(self, adapter, last: int, hp) -> list[locate.Site]:
         if adapter.mlp_post_norm_path(last):  # the MLP output is normalised before the residual: δ goes there
             return [locate.Site(adapter.block_path(last), norm_ref="residual", block=adapter.block_path(last),
                                 width=adapter.hidden_size)]
@@ -64,9 +67,9 @@ class _MultiLayer(WeightEditingMethod):
         """The module whose output (at the subject) the target z refers to."""
         return adapter.block_path(last)
 
-    def target(self, res: locate.TargetResult, adapter, last: int) -> torch.Tensor:
+    def target(self, res: locate.TargetResult, adapter, last: int, hp) -> torch.Tensor:
         """z: (n, d) the value the residual path should take."""
-        site = self.sites(adapter, last)[-1]
+        site = self.sites(adapter, last, hp)[-1]
         return res.ref[site.path] + res.deltas[site.path]
 
     def layer_update(self, model, adapter, layer, K, R, C, hp, ctx) -> torch.Tensor:
@@ -77,9 +80,9 @@ class _MultiLayer(WeightEditingMethod):
         last = layers[-1]
         moments = locate.cached_second_moments(model, tok, adapter, layers, n_tokens=hp.mom2_n_tokens,
                                                corpus=hp.mom2_corpus)
-        res = locate.optimise_targets(model, tok, requests, self.sites(adapter, last), adapter=adapter, layer=last,
+        res = locate.optimise_targets(model, tok, requests, self.sites(adapter, last, hp), adapter=adapter, layer=last,
                                       **hp.target_kwargs())
-        z = self.target(res, adapter, last)
+        z = self.target(res, adapter, last, hp)
         rpath = self.residual_path(adapter, last)
         ctx = self.begin(model, adapter, layers, hp, moments)
         for j, layer in enumerate(layers):
@@ -88,7 +91,7 @@ class _MultiLayer(WeightEditingMethod):
             outputs = [rpath] + ([adapter.mlp_out_path(layer)] if post_norm else [])
             keys = locate.compute_keys(model, tok, adapter, requests, [layer], hp.prefixes, outputs=outputs)
             K = keys.mean[layer].T  # (d_in, n)
-            R = spread_residual(z - keys.outputs[rpath], j, len(layers), self.spread_rule)  # (n, d) residual change
+            R = spread_residual(z - keys.outputs[rpath], j, len(layers), self.spread_rule(hp))  # (n, d) residual change
             if post_norm:  # the residual change this layer's normalised MLP output must make -> its projection's
                 R = locate.post_norm_preimage(model.get_submodule(post_norm), keys.outputs[adapter.mlp_out_path(layer)], R)
             R = R.T  # (d_out, n)
