@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-data_app = typer.Typer(help="Knowledge-editing datasets: list, show and describe.", no_args_is_help=True)
+data_app = typer.Typer(help="Knowledge-editing datasets: list, show, stats.", no_args_is_help=True)
 _console = Console()
 _err = Console(stderr=True)
 
