@@ -147,6 +147,10 @@ def test_knowedit_wikibio_convsent_sanitation_records():
     c, dc = loaded("knowedit-convsent-test")[0], raw("knowedit/convsent/blender_test.json")[0]
     assert c.subject == dc["ent"] and dc["ent"] in c.prompt and c.target_new == dc["pos"][0]
     assert c.meta["neg"] == dc["neg"]
+    d1 = raw("knowedit/convsent/blender_test.json")[1]  # locality: the next record's entity, both sentiments
+    other = f"What do you think of {d1['ent']}?"
+    assert c.locality == (PromptAnswer(other, d1["pos"][0]), PromptAnswer(other, d1["neg"][0]))
+    assert c.meta["locality_entity"] == d1["ent"] and c.meta["locality_kinds"] == ["Other_Entity"] * 2
     neg = load_dataset("knowedit-convsent-test", limit=1, sentiment="neg")[0]
     assert neg.target_new == dc["neg"][0]
     s, ds = loaded("knowedit-sanitation-train"), raw("knowedit/Sanitation/trivia_qa_train.json")
@@ -460,3 +464,17 @@ def test_knowedit_zsre_locality_is_about_the_edited_subject():
 
     counts = describe(load_dataset("knowedit-zsre", limit=100))
     assert counts["locality prompts"] == counts["locality prompts naming the subject"] == 200
+
+
+def test_convsent_locality_passes_over_unusable_neighbours(tmp_path):
+    recs = [{"ent": "A", "pos": ["a+"], "neg": ["a-"]}, {"ent": "A", "pos": ["x"], "neg": ["y"]},
+            {"ent": "B", "pos": [], "neg": ["b-"]}, "not a record", {"ent": "C", "pos": ["c+"], "neg": ["c-"]}]
+    f = tmp_path / "blender.json"
+    f.write_text(json.dumps(recs))
+    got = load_file(f, "knowedit-convsent", skip_invalid=True)
+    assert [r.case_id for r in got] == [0, 1, 4] and [i for i, _ in got.skipped] == [2, 3]
+    assert [r.meta["locality_entity"] for r in got] == ["C", "C", "A"]
+    assert got[0].locality[0] == PromptAnswer("What do you think of C?", "c+")
+    lonely = tmp_path / "one.json"
+    lonely.write_text(json.dumps(recs[:1]))
+    assert load_file(lonely, "knowedit-convsent")[0].locality == ()

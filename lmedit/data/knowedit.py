@@ -22,6 +22,10 @@ sentence: hallucination correction), ``concept`` -> subject, ``locality`` as abo
 prompt = ``"What do you think of {ent}?"`` (subject = ent), target_new = the first response of the target sentiment
 (``sentiment="pos"`` by default, or "neg"), the other responses of that sentiment in ``meta["target_responses"]``, and
 both full lists in ``meta["pos"]`` / ``meta["neg"]``. There is no before-edit answer: target_true is None.
+The file has no locality items; as in SERAC's ConvSent (locality = the responses about *other* entities must not
+change), each request gets two locality pairs about the next record's entity (wrapping round; records without a
+usable ``ent``/``pos``/``neg`` are passed over): that entity's prompt with its first positive and its first negative
+response as the teacher-forced continuations (kind ``Other_Entity``; the entity in ``meta["locality_entity"]``).
 
 ``load_knowedit_sanitation`` (trivia_qa_{test,train}): one top-level object. Test: ``{"success": [...80],
 "locality": [...453]}``; train: ``{"K_F": [...80], "K_R": [...453]}``. Each ``success``/``K_F`` item is one request:
@@ -95,6 +99,8 @@ def load_knowedit_convsent(path: str | Path, *, limit: int | None = None, skip_i
         raise ValueError(f"sentiment must be 'pos' or 'neg', got {sentiment!r}")
     path = Path(path).expanduser()
 
+    records = top_list(read_json(path), path)
+
     def convert(i: int, r: dict) -> EditRequest:
         ent = req_str(r, "ent")
         pos, neg = str_list(r.get("pos"), "pos"), str_list(r.get("neg"), "neg")
@@ -102,10 +108,34 @@ def load_knowedit_convsent(path: str | Path, *, limit: int | None = None, skip_i
         if not target:
             raise RecordError(f"field {sentiment!r} has no non-empty response to use as target")
         meta = {"target_sentiment": sentiment, "target_responses": target, "pos": pos, "neg": neg}
+        locality: tuple[PromptAnswer, ...] = ()
+        other = _convsent_neighbour(records, i)
+        if other is not None:
+            o_ent, o_pos, o_neg = other
+            o_prompt = CONVSENT_TEMPLATE.format(o_ent)
+            locality = (PromptAnswer(o_prompt, o_pos[0]), PromptAnswer(o_prompt, o_neg[0]))
+            meta.update(locality_kinds=["Other_Entity"] * 2, locality_entity=o_ent)
         return EditRequest(prompt=CONVSENT_TEMPLATE.format(ent), target_new=target[0], subject=ent,
-                           case_id=i, meta=meta)
+                           locality=locality, case_id=i, meta=meta)
 
-    return convert_records(path, top_list(read_json(path), path), convert, limit=limit, skip_invalid=skip_invalid)
+    return convert_records(path, records, convert, limit=limit, skip_invalid=skip_invalid)
+
+
+def _convsent_neighbour(records: list, i: int) -> tuple[str, list[str], list[str]] | None:
+    """(ent, pos, neg) of the first usable record after ``i`` (wrapping round) about another entity, or None."""
+    own = records[i].get("ent") if isinstance(records[i], dict) else None
+    n = len(records)
+    for k in range(1, n):
+        r = records[(i + k) % n]
+        if not isinstance(r, dict) or not isinstance(r.get("ent"), str) or not r["ent"].strip() or r["ent"] == own:
+            continue
+        try:
+            pos, neg = str_list(r.get("pos"), "pos"), str_list(r.get("neg"), "neg")
+        except RecordError:
+            continue
+        if pos and neg:
+            return r["ent"], pos, neg
+    return None
 
 
 _SANITATION_SPLITS = (("success", "locality"), ("K_F", "K_R"))
