@@ -138,8 +138,8 @@ class Editor:
         for i, r in enumerate(reqs):
             case = {"case_id": r.case_id if r.case_id is not None else i, "request": r.to_dict()}
             if evaluate:
-                case["pre"] = score(r, pre[i])
-                case["post"] = score(r, post[i], reference=pre[i])
+                case["pre"] = score(r, pre[i], answers=cfg.answers)
+                case["post"] = score(r, post[i], reference=pre[i], answers=cfg.answers)
                 case["generations"] = {"pre": pre[i]["gen"], "post": post[i]["gen"]}
             cases.append(case)
         summary = {"pre": summarize([c["pre"] for c in cases]), "post": summarize([c["post"] for c in cases])} if evaluate else {}

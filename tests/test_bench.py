@@ -175,6 +175,8 @@ def test_sequential_run_reuses_another_runs_pre_edit_observations(tmp_path, obse
     assert read_jsonl(tmp_path / "b" / "pre.jsonl") == read_jsonl(tmp_path / "a" / "pre.jsonl")[:2]
     with pytest.raises(RunError, match="cf_scores"):
         run(cfg(protocol="sequential", n=2, cf_scores=False, pre_from=str(tmp_path / "a")), tmp_path / "c")
+    with pytest.raises(RunError, match="answers"):
+        run(cfg(protocol="sequential", n=2, answers="long", pre_from=str(tmp_path / "a")), tmp_path / "c")
     with pytest.raises(RunError, match="not a run directory"):
         run(cfg(protocol="sequential", n=2, pre_from=str(tmp_path)), tmp_path / "d")
     with pytest.raises(RunError, match="observed at once"):  # batched differently: not reused
@@ -230,6 +232,12 @@ def test_run_config_validation():
         RunConfig(protocol="parallel")
     with pytest.raises(ValueError, match="sharded"):
         RunConfig(protocol="sequential", workers=2)
+    with pytest.raises(ValueError, match="answers"):
+        RunConfig(answers="medium")
+    # the kind of answers comes from the dataset unless given, also for saved runs that predate the setting
+    assert RunConfig(dataset="knowedit-wikibio-test").answers == "long"
+    assert RunConfig.from_dict({"dataset": "knowedit-zsre"}).answers == "short"
+    assert RunConfig(dataset="knowedit-convsent-test", answers="short").answers == "short"
 
 
 def test_workers_shard_cases_over_processes(tmp_path):

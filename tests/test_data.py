@@ -417,6 +417,14 @@ def test_register_dataset(tmp_path):
         assert "test-reg-cf" in list_datasets() and len(load_dataset("test-reg-cf")) == 1
         with pytest.raises(ValueError, match="already registered"):
             register_dataset("test-reg-cf", load_counterfact, p)
+        assert get_dataset("test-reg-cf").answers == "short"
+        assert register_dataset("test-reg-cf", load_counterfact, p, answers="long", overwrite=True).answers == "long"
+        with pytest.raises(ValueError, match="answers"):
+            register_dataset("test-reg-cf", load_counterfact, p, answers="essay", overwrite=True)
+        # passages and chat responses are long answers, facts short
+        assert [get_dataset(n).answers for n in ("knowedit-wikibio-test", "knowedit-convsent-test",
+                                                 "wise-hallucination-edit", "knowedit-zsre", "counterfact-edit",
+                                                 "knowedit-sanitation-test")] == ["long"] * 3 + ["short"] * 3
     finally:
         from lmedit.data import registry
         registry._REGISTRY.pop("test-reg-cf", None)

@@ -141,3 +141,21 @@ def test_editor_works_on_a_tiny_gpt2(state_of, same_state):
     assert not same_state(model, before)
     res.restore()
     assert same_state(model, before)
+
+
+def test_long_answers_get_as_many_new_tokens_as_their_target(smol):
+    from lmedit.evaluate.evaluator import observe
+    from lmedit.evaluate.scoring import generate
+
+    model, tok = smol
+    prompts = ["The capital of France is", "My favourite book is"]
+    assert generate(model, tok, prompts, [2, 6]) == generate(model, tok, prompts[:1], 2) + generate(model, tok, prompts[1:], 6)
+    target = (" He studied medicine at University College London, where he won three gold medals, and then"
+              " practised as a physician in Leeds for many years")
+    r = EditRequest(prompt="John Reynolds was a British physician.", target_new=target, subject="John Reynolds")
+    short = observe(model, tok, [r], EvalConfig(max_new_tokens=4, counterfact=False))[0]["gen"]["rewrite"][0]
+    long = observe(model, tok, [r], EvalConfig(max_new_tokens=4, counterfact=False, answers="long"))[0]["gen"]["rewrite"][0]
+    assert len(tok(short, add_special_tokens=False)["input_ids"]) <= 4
+    assert long.startswith(short) and len(long) > len(short)  # greedy: the same start, then as far as the target
+    with pytest.raises(ValueError, match="answers"):
+        EvalConfig(answers="medium")

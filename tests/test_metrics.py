@@ -60,6 +60,19 @@ def test_normalize_answer_and_matches():
     assert M.answer_match(" New York City", "New York") == 1.0
 
 
+def test_long_answers_end_after_as_many_stops_as_the_target_has():
+    assert M.truncate_at_stop(" One. Two. Three.", skip=1) == " One. Two"
+    assert M.truncate_at_stop(" One. Two", skip=5) == " One. Two"
+    assert [M.count_stops(t) for t in ("Rome", "I don't know.", " A.C. Cesena ", "Born 1828. Died 1896.")] == [0, 0, 1, 1]
+    gen = " He was born in 1828. He died in 1896. Then nothing"
+    target = "He was born in 1828. He died in 1896."
+    assert M.answer_match(gen, target) == 0.0  # short rule: the answer is the first sentence only
+    assert M.answer_match(gen, target, long=True) == 1.0
+    assert M.answer_match(" He was born in 1828. He lived.", target, long=True) == 0.0
+    assert M.answer_match(" A.C. Cesena, a club. Yes", "A.C. Cesena", long=True) == 1.0
+    assert M.answer_text(" Rome. Paris.", "Rome", long=True) == " Rome"
+
+
 def test_ngram_entropy_and_fluency():
     assert M.ngram_entropy("a a a a a", 2) == 0.0  # one distinct bigram
     assert M.ngram_entropy("a b c d", 2) == pytest.approx(math.log2(3))  # three distinct bigrams

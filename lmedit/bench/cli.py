@@ -43,7 +43,9 @@ def run_cmd(
     hparams: Optional[str] = typer.Option(None, help="yaml file with hparams"),
     seed: int = 0,
     no_generation: bool = typer.Option(False, help="skip generation-based metrics"),
-    max_new_tokens: int = 24,
+    max_new_tokens: int = typer.Option(24, help="new tokens per greedy generation (long answers: at least the target's)"),
+    answers: Optional[str] = typer.Option(None, help="short | long: answers of a few words, or passages and chat "
+                                                     "responses (default: the dataset's kind)"),
     no_cf_scores: bool = typer.Option(False, help="skip the CounterFact ES/PS/NS scores (target_true vs "
                                                    "target_new); saves ~40% of teacher-forced scoring on ZsRE"),
     general: str = typer.Option("", help="general-ability tasks, e.g. sst2,rte,mmlu"),
@@ -73,7 +75,7 @@ def run_cmd(
         cfg = RunConfig(model=model, method=method, dataset=dataset, data_path=data_path, start=start, n=n,
                         protocol=protocol, batch_size=batch_size, checkpoints=_ints(checkpoints), hparams=overrides,
                         hparams_file=hparams, seed=seed, generation=not no_generation, max_new_tokens=max_new_tokens,
-                        cf_scores=not no_cf_scores,
+                        answers=answers, cf_scores=not no_cf_scores,
                         general_tasks=[t for t in general.split(",") if t], general_n=general_n,
                         skip_invalid=skip_invalid, dtype=dtype, device=device, workers=workers, ray=ray,
                         pre_from=pre_from, save_every=save_every)

@@ -6,6 +6,8 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..evaluate.evaluator import ANSWER_KINDS
+
 PROTOCOLS = ("single", "batch", "sequential")
 
 # fields that may differ between a run and its --resume without changing its results
@@ -13,7 +15,17 @@ RESUME_FREE = {"workers", "ray", "progress", "pre_from", "save_every"}
 # settings that decide what the unedited model is asked and how: a run may reuse another's pre-edit
 # observations (--pre-from) only when these agree
 PRE_EVAL_KEYS = ("model", "dataset", "data_path", "start", "skip_invalid", "generation", "max_new_tokens",
-                 "cf_scores", "dtype", "device")
+                 "answers", "cf_scores", "dtype", "device")
+
+
+def dataset_answers(name: str) -> str:
+    """The kind of answers a registered dataset has ("short" for names not registered: loading them fails later)."""
+    from ..data import UnknownDataset, get_dataset
+
+    try:
+        return get_dataset(name).answers
+    except UnknownDataset:
+        return "short"
 
 
 @dataclass
@@ -32,6 +44,7 @@ class RunConfig:
     seed: int = 0
     generation: bool = True  # generation-based metrics (slower)
     max_new_tokens: int = 24
+    answers: str | None = None  # "short" | "long" (see EvalConfig); None: the dataset's kind
     cf_scores: bool = True  # CounterFact ES/PS/NS too (3 more scored pairs per case with a target_true)
     general_tasks: list[str] = field(default_factory=list)  # general-ability tasks before and at checkpoints
     general_n: int = 50
@@ -62,6 +75,10 @@ class RunConfig:
         if any(c < 1 for c in self.checkpoints):
             raise ValueError("checkpoints must be >= 1")
         self.checkpoints = sorted(set(self.checkpoints))
+        if self.answers is None:  # resolved here, so that a saved run (older ones lack the key) says it
+            self.answers = dataset_answers(self.dataset)
+        if self.answers not in ANSWER_KINDS:
+            raise ValueError(f"answers must be one of {ANSWER_KINDS}, got {self.answers!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

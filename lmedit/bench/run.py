@@ -111,12 +111,14 @@ def _seed(seed: int) -> None:
 
 
 def _eval_cfg(cfg: RunConfig) -> EvalConfig:
-    return EvalConfig(generation=cfg.generation, max_new_tokens=cfg.max_new_tokens, counterfact=cfg.cf_scores)
+    return EvalConfig(generation=cfg.generation, max_new_tokens=cfg.max_new_tokens, counterfact=cfg.cf_scores,
+                      answers=cfg.answers)
 
 
-def _row(index: int, req, pre_obs, post_obs, seconds: float) -> dict[str, Any]:
+def _row(cfg: RunConfig, index: int, req, pre_obs, post_obs, seconds: float) -> dict[str, Any]:
     return {"index": index, "case_id": req.case_id, "prompt": req.prompt, "target_new": req.target_new,
-            "pre": score(req, pre_obs), "post": score(req, post_obs, reference=pre_obs),
+            "pre": score(req, pre_obs, answers=cfg.answers),
+            "post": score(req, post_obs, reference=pre_obs, answers=cfg.answers),
             "generations": {"pre": pre_obs["gen"], "post": post_obs["gen"]}, "edit_seconds": round(seconds, 4)}
 
 
@@ -153,7 +155,7 @@ def run_independent(cfg: RunConfig, editor, reqs, out: Path, todo: list[int]) ->
         finally:
             handle.restore()
         for i, r, a, b in zip(chunk, batch, pre, post):
-            append_jsonl(out, _row(i, r, a, b, seconds / len(batch)))
+            append_jsonl(out, _row(cfg, i, r, a, b, seconds / len(batch)))
         bar.update(len(chunk))
     bar.close()
 
@@ -290,7 +292,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
                 _save_state(run_dir, editor.model, handle, m, done, seconds)
         edited = list(range(done))
         post = observe(editor.model, editor.tok, [reqs[i] for i in edited], ecfg)
-        rows = [score(reqs[i], o, reference=pre[i]) for i, o in zip(edited, post)]
+        rows = [score(reqs[i], o, reference=pre[i], answers=cfg.answers) for i, o in zip(edited, post)]
         from ..evaluate.evaluator import summarize
 
         append_jsonl(run_dir / "checkpoints.jsonl", {"edits": done, "summary": summarize(rows),
@@ -302,7 +304,7 @@ def run_sequential(cfg: RunConfig, editor, reqs, run_dir: Path, general) -> None
             append_jsonl(run_dir / "general.jsonl", {"edits": done, "results": general()})
         if done == total:
             for i, o in zip(edited, post):
-                append_jsonl(run_dir / "cases.jsonl", _row(i, reqs[i], pre[i], o, seconds / total))
+                append_jsonl(run_dir / "cases.jsonl", _row(cfg, i, reqs[i], pre[i], o, seconds / total))
         else:
             _save_state(run_dir, editor.model, handle, m, done, seconds)
     bar.close()

@@ -49,6 +49,10 @@ FORMATS: dict[str, Loader] = {
     "knowns": load_knowns,
 }
 
+# formats whose targets are passages or chat responses, not a few words: generation-based scores give
+# them as many new tokens as the target has and end the answer after as many sentences (EvalConfig.answers)
+LONG_ANSWER_FORMATS = ("knowedit-wikibio", "knowedit-convsent", "wise")
+
 # name, format, file (relative to the shared data dir), records in the file (PROVENANCE.md), known invalid, description
 DATASETS: list[tuple[str, str, str, int, int, str]] = [
     ("zsre-mend-eval", "zsre-mend", "zsre/zsre_mend_eval_portability_gpt4.json", 1037, 0,
@@ -126,6 +130,7 @@ class DatasetInfo:
     format: str | None = None
     known_invalid: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    answers: str = "short"  # "short" | "long": the kind of targets (see LONG_ANSWER_FORMATS)
 
     @property
     def path(self) -> Path:
@@ -139,20 +144,28 @@ _REGISTRY: dict[str, DatasetInfo] = {}
 
 def register_dataset(name: str, loader_fn: Loader, default_path: str | Path, expected_count: int | None = None,
                      description: str = "", *, format: str | None = None, known_invalid: int = 0,
-                     options: dict[str, Any] | None = None, overwrite: bool = False) -> DatasetInfo:
+                     options: dict[str, Any] | None = None, answers: str | None = None,
+                     overwrite: bool = False) -> DatasetInfo:
     """Register a dataset. ``default_path`` is absolute, or relative to the shared data dir.
 
     ``loader_fn(path, *, limit=None, skip_invalid=False, **options) -> Loaded``; ``options`` are passed to it on every
-    load. Registering an existing name raises ValueError unless ``overwrite=True``.
+    load. ``answers`` ("short" or "long": passages, chat responses) says how generation-based scores treat its
+    targets; None: "long" for the formats in LONG_ANSWER_FORMATS, else "short". Registering an existing name
+    raises ValueError unless ``overwrite=True``.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
     if not callable(loader_fn):
         raise TypeError(f"loader_fn must be callable, got {loader_fn!r}")
+    if answers is None:
+        answers = "long" if format in LONG_ANSWER_FORMATS else "short"
+    if answers not in ("short", "long"):
+        raise ValueError(f"answers must be 'short' or 'long', got {answers!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True to replace it)")
     info = DatasetInfo(name=name, loader=loader_fn, default_path=str(default_path), expected_count=expected_count,
-                       description=description, format=format, known_invalid=known_invalid, options=dict(options or {}))
+                       description=description, format=format, known_invalid=known_invalid, options=dict(options or {}),
+                       answers=answers)
     _REGISTRY[name] = info
     return info
 

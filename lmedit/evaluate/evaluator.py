@@ -3,7 +3,10 @@
 Metric names carry their protocol:
   tf_*   teacher-forced token accuracy (EasyEdit's rewrite_acc / rephrase_acc / locality / portability)
   gen_*  greedy generation cut at the first newline or sentence end (not at the target length);
-         a hit when the normalised answer is the target or starts with it at a word boundary
+         a hit when the normalised answer is the target or starts with it at a word boundary.
+         With long answers (EvalConfig.answers="long": passages, chat responses) a prompt gets at
+         least as many new tokens as its expected answer, and the cut is the first stop after as
+         many as the expected answer has itself.
   fluency  n-gram entropy of the greedy continuation of the edit prompt
 Locality compares the edited model with the unedited one (not with the dataset's answer).
 """
@@ -13,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..requests import EditRequest
+from ..tokens import encode_target
 from . import metrics as M
 from .scoring import generate, teacher_forced
+
+ANSWER_KINDS = ("short", "long")
 
 METRIC_DOCS = {
     "tf_reliability": "teacher-forced token accuracy of target_new after the edit prompt",
@@ -43,22 +49,30 @@ class EvalConfig:
     batch_size: int = 32  # teacher-forced rows per forward
     gen_batch_size: int = 128  # generation rows per batch (decoding steps cost about the same for 32 or 128 rows)
     counterfact: bool = True  # also score target_true for CounterFact ES/PS/NS when a request has one
+    # "short": answers of a few words (greedy, max_new_tokens, the answer ends at the first stop);
+    # "long": passages and chat responses (WikiBio, ConvSent): a prompt gets at least as many new tokens
+    # as its expected answer has, and the answer ends at the first stop after as many as it has itself
+    answers: str = "short"
+
+    def __post_init__(self):
+        if self.answers not in ANSWER_KINDS:
+            raise ValueError(f"answers must be one of {ANSWER_KINDS}, got {self.answers!r}")
 
 
 def observe(model, tok, requests: Sequence[EditRequest], cfg: EvalConfig) -> list[dict[str, Any]]:
     """Everything the metrics need from one model state, for every request, in batched calls."""
     tf_queries: list[tuple[int, str, int, str, str]] = []  # (request, kind, index, prompt, target)
-    gen_queries: list[tuple[int, str, int, str]] = []
+    gen_queries: list[tuple[int, str, int, str, str]] = []  # (request, kind, index, prompt, expected answer)
     for i, r in enumerate(requests):
         tf_queries.append((i, "rewrite", 0, r.prompt, r.target_new))
-        gen_queries.append((i, "rewrite", 0, r.prompt))
+        gen_queries.append((i, "rewrite", 0, r.prompt, r.target_new))
         for j, p in enumerate(r.rephrase_prompts):
             tf_queries.append((i, "rephrase", j, p, r.target_new))
-            gen_queries.append((i, "rephrase", j, p))
+            gen_queries.append((i, "rephrase", j, p, r.target_new))
         for kind, pairs in (("locality", r.locality), ("portability", r.portability)):
             for j, pa in enumerate(pairs):
                 tf_queries.append((i, kind, j, pa.prompt, pa.answer))
-                gen_queries.append((i, kind, j, pa.prompt))
+                gen_queries.append((i, kind, j, pa.prompt, pa.answer))
         if cfg.counterfact and r.target_true:
             tf_queries.append((i, "rewrite_true", 0, r.prompt, r.target_true))
             tf_queries += [(i, "rephrase_true", j, p, r.target_true) for j, p in enumerate(r.rephrase_prompts)]
@@ -68,15 +82,21 @@ def observe(model, tok, requests: Sequence[EditRequest], cfg: EvalConfig) -> lis
     for (i, kind, j, _, _), s in zip(tf_queries, scores):
         obs[i]["tf"].setdefault(kind, []).append({"pred": s.pred_ids, "target": s.target_ids, "nll": s.nll})
     if cfg.generation:
-        texts = generate(model, tok, [q[3] for q in gen_queries], cfg.max_new_tokens, cfg.gen_batch_size)
-        for (i, kind, j, _), t in zip(gen_queries, texts):
+        budget: int | list[int] = cfg.max_new_tokens
+        if cfg.answers == "long":
+            budget = [max(cfg.max_new_tokens, len(encode_target(tok, q[3], q[4]))) for q in gen_queries]
+        texts = generate(model, tok, [q[3] for q in gen_queries], budget, cfg.gen_batch_size)
+        for (i, kind, j, _, _), t in zip(gen_queries, texts):
             obs[i]["gen"].setdefault(kind, []).append(t)
     return obs
 
 
-def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] | None = None) -> dict[str, float | None]:
-    """Metrics for one request from its observation; `reference` is the unedited model's (for locality)."""
+def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] | None = None,
+          answers: str = "short") -> dict[str, float | None]:
+    """Metrics for one request from its observation; `reference` is the unedited model's (for locality);
+    `answers` as in EvalConfig (where a generated answer ends)."""
     tf, gen = obs["tf"], obs["gen"]
+    long = answers == "long"
     out: dict[str, float | None] = {
         "tf_reliability": M.token_accuracy(tf["rewrite"][0]["pred"], tf["rewrite"][0]["target"]),
         "tf_generalization": M.mean([M.token_accuracy(x["pred"], x["target"]) for x in tf.get("rephrase", [])]),
@@ -88,14 +108,16 @@ def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] |
     if "rewrite_true" in tf:
         out.update(counterfact_scores(tf))
     if gen:
-        out["gen_reliability"] = M.answer_match(gen["rewrite"][0], request.target_new)
-        out["gen_generalization"] = M.mean([M.answer_match(g, request.target_new) for g in gen.get("rephrase", [])])
-        out["gen_portability"] = M.mean([M.answer_match(g, pa.answer) for g, pa in
+        out["gen_reliability"] = M.answer_match(gen["rewrite"][0], request.target_new, long)
+        out["gen_generalization"] = M.mean([M.answer_match(g, request.target_new, long)
+                                            for g in gen.get("rephrase", [])])
+        out["gen_portability"] = M.mean([M.answer_match(g, pa.answer, long) for g, pa in
                                          zip(gen.get("portability", []), request.portability)])
         if reference is not None and request.locality and reference["gen"]:
             out["gen_locality"] = M.mean([
-                float(M.normalize_answer(M.truncate_at_stop(a)) == M.normalize_answer(M.truncate_at_stop(b)))
-                for a, b in zip(reference["gen"]["locality"], gen["locality"])])
+                float(M.normalize_answer(M.answer_text(a, pa.answer, long))
+                      == M.normalize_answer(M.answer_text(b, pa.answer, long)))
+                for a, b, pa in zip(reference["gen"]["locality"], gen["locality"], request.locality)])
         out["fluency"] = M.fluency(request.prompt + gen["rewrite"][0])
     return out
 

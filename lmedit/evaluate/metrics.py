@@ -56,10 +56,27 @@ def harmonic_mean(xs: Sequence[float]) -> float:
 _STOP = re.compile(r"\n|\.(?=\s|$)")
 
 
-def truncate_at_stop(text: str) -> str:
-    """The answer part of a free generation: up to the first newline or sentence-ending period."""
-    m = _STOP.search(text)
-    return text[: m.start()] if m else text
+def truncate_at_stop(text: str, skip: int = 0) -> str:
+    """The answer part of a free generation: up to the first newline or sentence-ending period
+    (with `skip`, the one after that many of them: a long answer has stops of its own)."""
+    for i, m in enumerate(_STOP.finditer(text)):
+        if i == skip:
+            return text[: m.start()]
+    return text
+
+
+def count_stops(answer: str) -> int:
+    """Stops (see truncate_at_stop) inside an expected answer, not counting a final period:
+    "A.C. Cesena" and "He was born in 1828. He died." have 1, "Rome" and "I don't know." none."""
+    a = answer.strip()
+    return len(_STOP.findall(a[:-1] if a.endswith(".") else a))
+
+
+def answer_text(generated: str, expected: str, long: bool = False) -> str:
+    """The part of a generation that is compared with `expected`: cut at the first stop (short
+    answers: the WILD-style rule) or, for long answers (passages, chat responses), at the first stop
+    after as many as the expected answer has itself."""
+    return truncate_at_stop(generated, count_stops(expected) if long else 0)
 
 
 def normalize_answer(s: str) -> str:
@@ -75,10 +92,11 @@ def exact_match(generated: str, target: str) -> float:
     return float(normalize_answer(truncate_at_stop(generated)) == normalize_answer(target))
 
 
-def answer_match(generated: str, target: str) -> float:
-    """1.0 if the answer (generation cut at its natural stop, normalised) is the target or starts
-    with it at a word boundary: " Rome, Italy." matches "Rome"; " Romania" and " Paris" do not."""
-    answer, tgt = normalize_answer(truncate_at_stop(generated)), normalize_answer(target)
+def answer_match(generated: str, target: str, long: bool = False) -> float:
+    """1.0 if the answer (generation cut at its natural stop, see answer_text; normalised) is the
+    target or starts with it at a word boundary: " Rome, Italy." matches "Rome"; " Romania" and
+    " Paris" do not."""
+    answer, tgt = normalize_answer(answer_text(generated, target, long)), normalize_answer(target)
     if not tgt:
         return 0.0
     return float(answer == tgt or answer.startswith(tgt + " "))

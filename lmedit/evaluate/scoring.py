@@ -67,23 +67,30 @@ def teacher_forced(model, tok, prompts: Sequence[str], targets: Sequence[str], b
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 32) -> list[str]:
-    """Greedy continuations (text after the prompt) in input order, stop at EOS. Prompts are batched
-    longest first (left-padded), so that little of a batch is padding."""
+def generate(model, tok, prompts: Sequence[str], max_new_tokens: int | Sequence[int] = 24,
+             batch_size: int = 32) -> list[str]:
+    """Greedy continuations (text after the prompt) in input order, stop at EOS. `max_new_tokens` is one
+    budget for all prompts or one per prompt (prompts with the same budget are batched together).
+    Prompts are batched longest first (left-padded), so that little of a batch is padding."""
     device = next(model.parameters()).device
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
     texts: list[str | None] = [None] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: -len(encode_prompt(tok, prompts[i])))
     old_side = tok.padding_side
     tok.padding_side = "left"
     try:
-        for i in range(0, len(order), batch_size):
-            chunk = order[i:i + batch_size]
-            enc = tok([prompts[j] for j in chunk], return_tensors="pt", padding=True).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            for j, text in zip(chunk, tok.batch_decode(new, skip_special_tokens=True)):
-                texts[j] = text
+        for budget in sorted(set(budgets)):
+            same = [i for i, b in enumerate(budgets) if b == budget]
+            order = sorted(same, key=lambda i: -len(encode_prompt(tok, prompts[i])))
+            for i in range(0, len(order), batch_size):
+                chunk = order[i:i + batch_size]
+                enc = tok([prompts[j] for j in chunk], return_tensors="pt", padding=True).to(device)
+                gen = model.generate(**enc, max_new_tokens=budget, do_sample=False, num_beams=1,
+                                     pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
+                new = gen[:, enc["input_ids"].shape[1]:]
+                for j, text in zip(chunk, tok.batch_decode(new, skip_special_tokens=True)):
+                    texts[j] = text
     finally:
         tok.padding_side = old_side
     return texts  # type: ignore[return-value]
