@@ -159,3 +159,19 @@ def test_long_answers_get_as_many_new_tokens_as_their_target(smol):
     assert long.startswith(short) and len(long) > len(short)  # greedy: the same start, then as far as the target
     with pytest.raises(ValueError, match="answers"):
         EvalConfig(answers="medium")
+
+
+def test_convsent_edits_get_the_sentiment_edit_success(smol):
+    from lmedit.data import load_dataset
+    from lmedit.evaluate.evaluator import observe, score
+
+    model, tok = smol
+    r = load_dataset("knowedit-convsent-test", limit=1)[0]
+    cfg = EvalConfig(generation=False, counterfact=False)
+    obs = observe(model, tok, [r], cfg)[0]
+    assert len(obs["tf"]["sentiment_target"]) == len(r.meta["pos"]) and len(obs["tf"]["sentiment_other"]) == len(r.meta["neg"])
+    pre = score(r, obs)
+    assert 0.0 < pre["sent_es"] < 1.0
+    assert score(r, obs, reference=obs)["sent_es"] == pytest.approx(pre["sent_es"])  # no change: the pre value
+    plain = EditRequest(prompt=r.prompt, target_new=r.target_new, subject=r.subject)
+    assert "sent_es" not in score(plain, observe(model, tok, [plain], cfg)[0])

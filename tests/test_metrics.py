@@ -104,3 +104,16 @@ def test_counterfact_scores_from_observations():
     s = counterfact_scores(tf)
     assert s["cf_es"] == 1.0 and s["cf_ps"] == 0.5 and s["cf_ns"] == 0.0
     assert s["cf_em"] == pytest.approx(math.exp(-0.1) - math.exp(-2.0))
+
+
+def test_sentiment_edit_success():
+    assert M.pooled_logprob([1.0, 3.0], [1, 3]) == pytest.approx(-2.5)  # token-weighted, not per answer
+    with pytest.raises(ValueError):
+        M.pooled_logprob([], [])
+    # prefers the target sentiment and kept it as likely as before: sigmoid of the margin
+    assert M.sentiment_edit_success(-1.0, -3.0, -2.0) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert M.sentiment_edit_success(-2.0, -2.0, -2.0) == pytest.approx(0.5)
+    # preferred only because the target responses got less likely too: penalised by their loss
+    assert M.sentiment_edit_success(-3.0, -5.0, -2.0) == pytest.approx(1 / (1 + math.exp(-2.0)) * math.exp(-1.0))
+    assert M.sentiment_edit_success(-1.0, -900.0, -1.0) == pytest.approx(1.0)
+    assert M.sentiment_edit_success(-900.0, -1.0, -900.0) == pytest.approx(0.0)

@@ -13,6 +13,7 @@ FAMILIES = {
     "CounterFact (ROME/MEMIT)": ["cf_es", "cf_ps", "cf_ns", "cf_score", "cf_em", "cf_pm", "cf_nm"],
     "generation-based (WILD-style)": ["gen_reliability", "gen_generalization", "gen_locality", "gen_portability"],
     "fluency": ["fluency"],
+    "sentiment (ConvSent)": ["sent_es"],
 }
 
 
@@ -206,7 +207,7 @@ def compare(run_dirs: Sequence[str | Path]) -> list[list[str]]:
 
 # KnowEdit-style columns (Zhang et al. 2024): teacher-forced Edit Succ. / Portability / Locality and
 # Fluency, plus the generation-based reliability that shows what a user would see.
-TABLE_COLUMNS = [("Edit Succ.", "tf_reliability"), ("Generalization", "tf_generalization"),
+TABLE_COLUMNS = [("Edit Succ.", "tf_reliability"), ("Sentiment ES", "sent_es"), ("Generalization", "tf_generalization"),
                  ("Portability", "tf_portability"), ("Locality", "tf_locality"), ("Fluency", "fluency"),
                  ("Gen. reliability", "gen_reliability")]
 

@@ -39,6 +39,8 @@ METRIC_DOCS = {
     "cf_pm": "paraphrase magnitude (mean over rephrases)",
     "cf_nm": "neighbourhood magnitude: P(locality answer) - P(target_new) (mean)",
     "cf_score": "harmonic mean of cf_es, cf_ps, cf_ns (summary only)",
+    "sent_es": "ConvSent edit success (SERAC/MEND): sigmoid(mean token log-prob of the target sentiment's responses - "
+               "of the other's) * min(1, exp(their gain over the unedited model)), after the edit prompt",
 }
 
 
@@ -77,6 +79,10 @@ def observe(model, tok, requests: Sequence[EditRequest], cfg: EvalConfig) -> lis
             tf_queries.append((i, "rewrite_true", 0, r.prompt, r.target_true))
             tf_queries += [(i, "rephrase_true", j, p, r.target_true) for j, p in enumerate(r.rephrase_prompts)]
             tf_queries += [(i, "locality_new", j, pa.prompt, r.target_new) for j, pa in enumerate(r.locality)]
+        sentiment = sentiment_responses(r)
+        if sentiment is not None:
+            for kind, responses in zip(("sentiment_target", "sentiment_other"), sentiment):
+                tf_queries += [(i, kind, j, r.prompt, t) for j, t in enumerate(responses)]
     obs: list[dict[str, Any]] = [{"tf": {}, "gen": {}} for _ in requests]
     scores = teacher_forced(model, tok, [q[3] for q in tf_queries], [q[4] for q in tf_queries], cfg.batch_size)
     for (i, kind, j, _, _), s in zip(tf_queries, scores):
@@ -107,6 +113,11 @@ def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] |
                                      for a, b in zip(reference["tf"]["locality"], tf["locality"])])
     if "rewrite_true" in tf:
         out.update(counterfact_scores(tf))
+    if "sentiment_target" in tf and "sentiment_other" in tf:
+        def lp(entries):
+            return M.pooled_logprob([e["nll"] for e in entries], [len(e["target"]) for e in entries])
+        before = reference["tf"]["sentiment_target"] if reference is not None else tf["sentiment_target"]
+        out["sent_es"] = M.sentiment_edit_success(lp(tf["sentiment_target"]), lp(tf["sentiment_other"]), lp(before))
     if gen:
         out["gen_reliability"] = M.answer_match(gen["rewrite"][0], request.target_new, long)
         out["gen_generalization"] = M.mean([M.answer_match(g, request.target_new, long)
@@ -120,6 +131,16 @@ def score(request: EditRequest, obs: dict[str, Any], reference: dict[str, Any] |
                 for a, b, pa in zip(reference["gen"]["locality"], gen["locality"], request.locality)])
         out["fluency"] = M.fluency(request.prompt + gen["rewrite"][0])
     return out
+
+
+def sentiment_responses(request: EditRequest) -> tuple[list[str], list[str]] | None:
+    """(responses of the target sentiment, of the other) for a sentiment edit (ConvSent: meta "target_sentiment"
+    and the "pos"/"neg" response lists), else None."""
+    m = request.meta or {}
+    want = m.get("target_sentiment")
+    if want not in ("pos", "neg") or not m.get("pos") or not m.get("neg"):
+        return None
+    return list(m[want]), list(m["neg" if want == "pos" else "pos"])
 
 
 def counterfact_scores(tf: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:

@@ -51,6 +51,24 @@ def harmonic_mean(xs: Sequence[float]) -> float:
     return len(xs) / sum(1 / x for x in xs)
 
 
+def pooled_logprob(nlls: Sequence[float], lengths: Sequence[int]) -> float:
+    """Mean log-probability per token over several answers, from each one's mean token NLL and length."""
+    total = sum(lengths)
+    if total == 0:
+        raise ValueError("no tokens to pool")
+    return -sum(nll * n for nll, n in zip(nlls, lengths)) / total
+
+
+def sentiment_edit_success(lp_target: float, lp_other: float, lp_target_before: float) -> float:
+    """ConvSent edit success as SERAC and MEND define it: sigmoid(lp_target - lp_other) * min(1, exp(lp_target -
+    lp_target_before)), lp = mean token log-probability of the responses of one sentiment after the edit prompt.
+    The first factor: the edited model prefers responses of the target sentiment to the others; the second:
+    it did not get there by making the target responses themselves less likely than before."""
+    x = lp_target - lp_other
+    prefers = 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+    return prefers * math.exp(min(0.0, lp_target - lp_target_before))
+
+
 # --- generation-based ------------------------------------------------------------------------
 
 _STOP = re.compile(r"\n|\.(?=\s|$)")
