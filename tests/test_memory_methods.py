@@ -116,6 +116,26 @@ def test_wise_routes_to_the_newest_memory_that_fires_and_drops_memories_left_emp
     assert w.memories == [old]
 
 
+def test_wise_warns_when_a_memory_does_not_separate_its_edits_from_irrelevant_text(caplog):
+    import logging
+
+    from lmedit.methods.wise import WiseMemory, _Memory, _Shard
+
+    w = WiseMemory(nn.Linear(2, 2, bias=False), "x", irr_acts=torch.tensor([[0.0, 3.0]]))
+    delta = torch.eye(2)
+    edit = _Shard(0, delta, torch.tensor([[1.0, 0.0]]), torch.zeros(1, dtype=torch.long))  # scores 1 < 3
+    mem = _Memory(shards=[edit])
+    with caplog.at_level(logging.WARNING, logger="lmedit.methods.wise"):
+        w.remerge(mem, "linear", 1.0)
+    assert mem.stats == (1.0, 3.0) and mem.eps == 2.0
+    assert any("does not separate its edits" in m for m in caplog.messages)
+    caplog.clear()
+    edit.edit_acts = torch.tensor([[5.0, 0.0]])  # scores 5 > 3: separated, no warning
+    with caplog.at_level(logging.WARNING, logger="lmedit.methods.wise"):
+        w.remerge(mem, "linear", 1.0)
+    assert mem.eps == 4.0 and not caplog.messages
+
+
 def test_ties_merge_trims_elects_sign_and_averages_agreeing_entries():
     a = torch.tensor([1.0, -2.0, 0.0, 0.1])
     b = torch.tensor([3.0, 1.0, 4.0, 0.0])

@@ -52,6 +52,7 @@ original module object is put back).
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -66,6 +67,8 @@ from ._memory import (ForwardingWrapper, frozen, model_device, request_batch, sw
                       target_nll)
 from .base import EditFailed, EditHandle, EditMethod
 from .registry import register
+
+log = logging.getLogger(__name__)
 
 IRRELEVANT_TEXTS = (
     "The weather today is sunny with a light breeze from the west.",
@@ -247,6 +250,10 @@ class WiseMemory(ForwardingWrapper):
         irr = self.scores(mem.delta, self.irrelevant_for(mem))
         mem.eps = float((edit.min() + irr.max()) / 2)
         mem.stats = (float(edit.min()), float(irr.max()))
+        if mem.stats[0] <= mem.stats[1]:  # ε falls between them: the weakest edits stay below it
+            log.warning("wise: side memory at %s does not separate its edits from irrelevant text (lowest edit "
+                        "score %.3g <= highest irrelevant score %.3g): its weakest edits will not reach it; "
+                        "more num_steps or another layer may help", self.path, *mem.stats)
 
     def extra_repr(self) -> str:
         return f"memories={len(self.memories)}, shards={[len(m.shards) for m in self.memories]}"
